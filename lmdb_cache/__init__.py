@@ -1,0 +1,42 @@
+"""A persistent, memory-mapped cache of decoded images in LMDB.
+
+Build one with ``build-cache SRC`` (or :func:`build_cache`), read it with :func:`open_cache`,
+check it with ``validate-cache`` (or :func:`validate_cache`).
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    CacheError,
+    CacheNotFoundError,
+    CorruptRecordError,
+    FormatVersionError,
+    ImageDecodeError,
+    MissingImageError,
+    NotACacheError,
+    SettingsMismatchError,
+)
+from .images import DecodedImage, decode_file  # noqa: E402
+from .reader import CacheReader, Record, open_cache  # noqa: E402
+from .schema import FORMAT_VERSION  # noqa: E402
+from .writer import BuildResult, build_cache  # noqa: E402
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BuildResult",
+    "CacheError",
+    "CacheNotFoundError",
+    "CacheReader",
+    "CorruptRecordError",
+    "DecodedImage",
+    "FormatVersionError",
+    "ImageDecodeError",
+    "MissingImageError",
+    "NotACacheError",
+    "Record",
+    "SettingsMismatchError",
+    "build_cache",
+    "decode_file",
+    "open_cache",
+    "__version__",
+]

@@ -1,0 +1,293 @@
+"""Command line: ``build-cache``, ``validate-cache``, ``cache-info`` and the ``lmdb-cache`` group.
+
+The only module that prints or exits. Exit status: 0 success, 1 failure or problems found,
+2 usage error (bad arguments, or settings that contradict an existing cache).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from .errors import CacheError, CacheNotFoundError, SettingsMismatchError
+from .images import RESAMPLE_FILTERS
+from .reader import open_cache
+from .validate import validate_cache
+from .writer import build_cache, default_output
+
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+
+
+class _Bar:
+    """Adapts a tqdm bar on stderr to the builder's progress protocol."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.enabled = enabled
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def start(self, total: int) -> None:
+        if self.enabled:
+            self.bar = tqdm(total=total, desc=self.desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, key: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"
+
+
+def _emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+def _fail_usage(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.command("build", context_settings=_CTX)
+@click.argument("src", type=click.Path(file_okay=False, path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
+              help="Cache folder to write. Default: SRC with '.lmdb' appended (data/val -> data/val.lmdb).")
+@click.option("--max-side", type=click.IntRange(min=1), default=None,
+              help="Downscale so the longest side is at most N pixels (never upscale); the scale "
+                   "is recorded per image so polygons can follow. Default: full size.")
+@click.option("--resample", type=click.Choice(sorted(RESAMPLE_FILTERS)), default="bilinear",
+              show_default=True, help="Filter used by --max-side.")
+@click.option("-j", "--workers", type=click.IntRange(min=1), default=None,
+              help="Decoding processes. Default: all cores.")
+@click.option("--rebuild", is_flag=True,
+              help="Drop every record first (needed to change --max-side or --resample of an existing cache).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document with the result on stdout.")
+def build_command(
+    src: str,
+    output: str | None,
+    max_side: int | None,
+    resample: str,
+    workers: int | None,
+    rebuild: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Decode every image below SRC once and store the pixels in an LMDB cache.
+
+    Each image is decoded with Pillow, turned upright by its EXIF orientation, converted to
+    RGB uint8 (see docs/format.md for each mode's rule) and stored uncompressed, so a read
+    needs no decode. Keys are the images' POSIX paths relative to SRC.
+
+    Re-running updates only new, changed and removed images; an interrupted build resumes.
+    A file that cannot be decoded never stops the build: it is reported with its reason,
+    recorded in the cache, and the exit status is 1.
+
+    \b
+    Examples:
+      build-cache data/val                       # writes data/val.lmdb, full size
+      build-cache data/train --max-side 1024     # capped at the training size
+      build-cache data/val -o /fast/val.lmdb --json
+    """
+    bar = _Bar(enabled=not (quiet or as_json), desc="decoding")
+    try:
+        result = build_cache(
+            src, output, max_side=max_side, resample=resample, workers=workers,
+            rebuild=rebuild, progress=bar,
+        )
+    except (SettingsMismatchError, NotADirectoryError, ValueError) as e:
+        bar.close()
+        _fail_usage(str(e))
+        return
+    except CacheError as e:
+        bar.close()
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    bar.close()
+    if as_json:
+        _emit_json(result.as_dict())
+    elif not quiet:
+        rate = result.decoded / result.seconds if result.seconds else 0.0
+        click.echo(
+            f"{result.output}: {result.images} images, {_size(result.total_bytes)} of pixels "
+            f"({result.added} added, {result.updated} updated, {result.unchanged} unchanged, "
+            f"{result.removed} removed) in {result.seconds:.1f} s, {rate:.1f} images/s decoded",
+            err=True,
+        )
+    for message in result.warnings:
+        if not as_json:
+            click.echo(f"warning: {message}", err=True)
+    if result.failures:
+        if not as_json:
+            for key, reason in result.failures:
+                click.echo(f"FAILED {key}: {reason}", err=True)
+            click.echo(
+                f"{len(result.failures)} source(s) failed; every other image is stored. "
+                "Fix or remove them and re-run to update.",
+                err=True,
+            )
+        sys.exit(1)
+
+
+@click.command("validate", context_settings=_CTX)
+@click.argument("cache", type=click.Path(path_type=str))
+@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
+              help="The folder the cache was built from: report changed, missing and new images.")
+@click.option("--annotations", type=click.Path(dir_okay=False, exists=True, path_type=str), default=None,
+              help='Annotation JSON ({"images": {"<file>": ...}}): report annotated images not cached.')
+@click.option("--no-checksums", is_flag=True, help="Skip the pixel checksums (fast, checks structure only).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document with the report on stdout.")
+def validate_command(
+    cache: str, source: str | None, annotations: str | None, no_checksums: bool, quiet: bool, as_json: bool
+) -> None:
+    """Prove that CACHE is intact and current.
+
+    Checks the format version, every record's metadata against its byte length, every pixel
+    checksum and the manifest's counts; with --source, stale entries; with --annotations, that
+    every annotated image is present. Images that failed at build time are warnings.
+
+    Exit status: 0 healthy, 1 problems found, 2 usage error.
+
+    \b
+    Examples:
+      validate-cache data/val.lmdb
+      validate-cache data/val.lmdb --source data/val --annotations data/val.json --json
+    """
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if quiet or as_json:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="checksums", unit="B", unit_scale=True, file=sys.stderr,
+                       dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        report = validate_cache(
+            cache, source=source, annotations=annotations, checksums=not no_checksums, progress=progress
+        )
+    except (CacheNotFoundError, ValueError) as e:
+        _fail_usage(str(e))
+        return
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        for finding in report.problems:
+            click.echo(f"PROBLEM {finding.kind}: {finding.message}")
+        if not quiet:
+            for finding in report.warnings:
+                click.echo(f"warning {finding.kind}: {finding.message}")
+            checked = f", {_size(report.checked_bytes)} checksummed" if report.checked_bytes else ""
+            verdict = "healthy" if report.ok else f"{len(report.problems)} problem(s)"
+            click.echo(f"{report.path}: {report.images} images{checked}: {verdict}")
+    sys.exit(0 if report.ok else 1)
+
+
+@click.command("info", context_settings=_CTX)
+@click.argument("cache", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def info_command(cache: str, as_json: bool) -> None:
+    """Show CACHE's manifest: format, settings, counts and sizes.
+
+    \b
+    Example:
+      cache-info data/val.lmdb --json
+    """
+    import os
+
+    try:
+        reader = open_cache(cache)
+    except CacheNotFoundError as e:
+        _fail_usage(str(e))
+        return
+    except CacheError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    with reader:
+        manifest = dict(reader.manifest)
+        failures = reader.failures()
+        entries = len(reader)
+    disk = sum(
+        os.path.getsize(os.path.join(cache, name))
+        for name in os.listdir(cache)
+        if os.path.isfile(os.path.join(cache, name))
+    )
+    doc = {
+        "path": cache,
+        **manifest,
+        "entries": entries,
+        "file_bytes": disk,
+        "failures": [{"key": k, "reason": r} for k, r in failures],
+    }
+    if as_json:
+        _emit_json(doc)
+        return
+    settings = manifest["settings"]
+    cap = settings.get("max_side") or "none (full size)"
+    click.echo(f"cache:        {cache}")
+    click.echo(f"format:       {manifest['format']} v{manifest['format_version']}")
+    click.echo(f"complete:     {'yes' if manifest['complete'] else 'NO (build interrupted; re-run build-cache)'}")
+    click.echo(f"images:       {entries}")
+    click.echo(f"pixel bytes:  {_size(manifest['total_bytes'])}")
+    click.echo(f"file size:    {_size(disk)}")
+    click.echo(f"max side:     {cap}")
+    click.echo(f"resample:     {settings['resample']}")
+    click.echo(f"pillow:       {settings.get('pillow_version')}")
+    click.echo(f"source:       {manifest['source_root']}")
+    click.echo(f"created:      {manifest['created']}")
+    click.echo(f"updated:      {manifest['updated']}")
+    click.echo(f"failed:       {len(failures)}")
+    for key, reason in failures:
+        click.echo(f"  {key}: {reason}")
+
+
+@click.group(context_settings=_CTX)
+@click.version_option(package_name="lmdb-image-cache")
+def cli() -> None:
+    """A persistent, memory-mapped cache of decoded images in LMDB.
+
+    Build it once with 'build', check it with 'validate', inspect it with 'info'. The same
+    commands exist as build-cache, validate-cache and cache-info.
+    """
+
+
+cli.add_command(build_command)
+cli.add_command(validate_command)
+cli.add_command(info_command)
+
+def main() -> None:
+    cli.main(prog_name="lmdb-cache")
+
+
+def build_cache_main() -> None:
+    build_command.main(prog_name="build-cache")
+
+
+def validate_cache_main() -> None:
+    validate_command.main(prog_name="validate-cache")
+
+
+def cache_info_main() -> None:
+    info_command.main(prog_name="cache-info")
+
+
+__all__ = ["cli", "main", "build_cache_main", "validate_cache_main", "cache_info_main", "default_output"]

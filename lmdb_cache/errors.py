@@ -1,0 +1,75 @@
+"""Exceptions raised by the cache.
+
+Every data problem derives from :class:`CacheError`; the precise subclasses also inherit the
+builtin that fits, so ``except KeyError`` or ``except ValueError`` keep working for callers
+that do not know this package.
+"""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base class for every problem with a cache store or its sources."""
+
+
+class CacheNotFoundError(CacheError, FileNotFoundError):
+    """The path given as a cache holds no cache store."""
+
+
+class NotACacheError(CacheError, ValueError):
+    """The path is an LMDB environment (or something else) but not one this package wrote."""
+
+
+class FormatVersionError(CacheError, ValueError):
+    """The store was written in a format version this code does not read."""
+
+    def __init__(self, path: str, found: object, expected: int) -> None:
+        self.path = path
+        self.found = found
+        self.expected = expected
+        super().__init__(
+            f"cache '{path}' has format {found!r}, this version reads {expected}; "
+            f"rebuild it with 'build-cache SRC -o {path} --rebuild'"
+        )
+
+
+class CorruptRecordError(CacheError, ValueError):
+    """A record's metadata or pixels do not pass the schema or checksum checks."""
+
+    def __init__(self, key: str, reason: str, path: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.path = path
+        where = f" in cache '{path}'" if path else ""
+        super().__init__(
+            f"record {key!r}{where} is corrupt: {reason}; "
+            "run 'validate-cache' to list every damaged record and rebuild the cache"
+        )
+
+
+class MissingImageError(CacheError, KeyError):
+    """A key asked of a reader is not in the store."""
+
+    def __init__(self, key: str, path: str) -> None:
+        self.key = key
+        self.path = path
+        super().__init__(key)
+
+    def __str__(self) -> str:
+        return (
+            f"image {self.key!r} is not in cache '{self.path}'; keys are POSIX paths relative to "
+            "the folder given to build-cache (re-run build-cache if the image was added since)"
+        )
+
+
+class SettingsMismatchError(CacheError, ValueError):
+    """An update was asked with settings that differ from those the store was built with."""
+
+
+class ImageDecodeError(CacheError, ValueError):
+    """A source file could not be decoded into an image."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot decode '{path}': {reason}")

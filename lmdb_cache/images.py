@@ -1,0 +1,280 @@
+"""Decoding and normalization of source images, with no LMDB in sight.
+
+Every image goes through the same steps, whichever path (cache build or a disk read in a
+dataset) asks for it, so both produce the same pixels:
+
+1. decode the first frame with Pillow;
+2. convert to RGB uint8 by the mode rule below;
+3. apply the EXIF orientation (all 8 values, exactly as ``ImageOps.exif_transpose``);
+4. optionally downscale so the longest side is at most ``max_side`` (never upscale).
+
+Mode rule (``to_rgb``):
+
+* ``RGB`` is kept; ``1``, ``L``, ``P`` without transparency, ``CMYK``, ``YCbCr``, ``LAB``,
+  ``HSV``, ``RGBX`` use Pillow's ``convert("RGB")``.
+* Anything with transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, ``P``/``L``/``RGB``
+  with a ``transparency`` key) is converted to straight ``RGBA`` by Pillow and composited over a
+  white page: ``out = (c * a + 255 * (255 - a) + 127) // 255``. Pillow's ``convert("RGB")``
+  would instead drop alpha and expose whatever colour hides under transparent pixels.
+* 16-bit and 32-bit integer greyscale (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, ``I``) is
+  clipped to 0..65535 and scaled to 8 bits: ``(v * 255 + 32767) // 65535``, then replicated to
+  three channels. Pillow's ``convert("RGB")`` would clip at 255 and saturate most of the image.
+* Float greyscale (``F``) is rounded and clipped to 0..255, then replicated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageDecodeError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+ORIENTATION_TAG = 0x0112
+
+# The transposition that brings a raw image upright for each EXIF orientation value, the same
+# table Pillow's ImageOps.exif_transpose uses.
+_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_INT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image normalized to RGB uint8, upright, optionally capped.
+
+    Attributes:
+        pixels: ``(height, width, 3)`` uint8, C-contiguous.
+        raw_width: Width of the image as stored in the file, before orientation.
+        raw_height: Height of the image as stored in the file, before orientation.
+        orientation: EXIF orientation applied (1 when the file has none or an invalid one).
+        mode: Pillow mode of the decoded source (``"L"``, ``"RGB"``, ``"CMYK"``...).
+        format: Pillow format name of the source (``"JPEG"``, ``"PNG"``...), or None.
+    """
+
+    pixels: np.ndarray
+    raw_width: int
+    raw_height: int
+    orientation: int
+    mode: str
+    format: str | None
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def canonical_size(self) -> tuple[int, int]:
+        """(width, height) after orientation and before any downscale."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.raw_height, self.raw_width
+        return self.raw_width, self.raw_height
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the name has one of the image suffixes the cache scans for (any case)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_images(root: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[str]:
+    """List image files below ``root`` as sorted POSIX paths relative to it.
+
+    Args:
+        root: Folder to scan recursively (symbolic links to folders are followed once).
+        exclude: A folder below ``root`` to skip, such as a cache written inside it.
+
+    Returns:
+        Relative POSIX keys such as ``"sub/img_001.jpg"``, sorted.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise NotADirectoryError(f"source '{root}' is not a folder; pass the folder of images")
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    keys: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root_path, followlinks=True):
+        if skip is not None:
+            dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != skip]
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root_path)
+        for name in filenames:
+            if is_image_file(name):
+                keys.append((rel_dir / name).as_posix())
+    keys.sort()
+    return keys
+
+
+def read_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of ``image``: 1..8, or 1 when absent or out of range."""
+    value = image.getexif().get(ORIENTATION_TAG)
+    if isinstance(value, int) and 1 <= value <= 8:
+        return value
+    return 1
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    color = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    out = (color * alpha + 255 * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert a decoded Pillow image to ``(H, W, 3)`` uint8 by the module's mode rule.
+
+    Args:
+        image: A loaded Pillow image of any mode.
+
+    Returns:
+        A new C-contiguous uint8 array in the image's own (raw) frame.
+    """
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return np.asarray(image, dtype=np.uint8).copy()
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
+    if mode in _INT16_MODES:
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if mode == "F":
+        grey = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def capped_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The (width, height) an image takes under a longest-side cap; never upscales.
+
+    The longest side becomes exactly ``max_side``; the other is scaled by the same factor and
+    rounded to the nearest integer (at least 1).
+    """
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    if max_side < 1:
+        raise ValueError(f"max_side must be a positive integer, got {max_side}")
+    factor = max_side / max(width, height)
+    if width >= height:
+        return max_side, max(1, round(height * factor))
+    return max(1, round(width * factor)), max_side
+
+
+def resample_filter(name: str) -> Image.Resampling:
+    """The Pillow filter for a resampling name such as ``"bilinear"``.
+
+    Raises:
+        ValueError: the name is not one of :data:`RESAMPLE_FILTERS`.
+    """
+    try:
+        return RESAMPLE_FILTERS[name]
+    except KeyError:
+        choices = ", ".join(sorted(RESAMPLE_FILTERS))
+        raise ValueError(f"unknown resampling filter {name!r}; choose one of {choices}") from None
+
+
+def normalize(
+    image: Image.Image, max_side: int | None = None, resample: str = "bilinear"
+) -> DecodedImage:
+    """Bring a loaded Pillow image to RGB uint8, upright and capped.
+
+    Args:
+        image: A Pillow image (it is loaded if it is not yet).
+        max_side: Longest-side cap in pixels; None keeps the full size.
+        resample: Name of the filter used when the cap shrinks the image.
+
+    Returns:
+        The normalized image with its raw size and orientation.
+    """
+    image.load()
+    orientation = read_orientation(image)
+    raw_width, raw_height = image.size
+    pixels = to_rgb(image)
+    method = _TRANSPOSE.get(orientation)
+    upright_size = (raw_height, raw_width) if orientation in (5, 6, 7, 8) else (raw_width, raw_height)
+    size = capped_size(*upright_size, max_side)
+    if method is not None or size != upright_size:
+        upright = Image.fromarray(pixels, "RGB")
+        if method is not None:
+            upright = upright.transpose(method)
+        if size != upright.size:
+            upright = upright.resize(size, resample=resample_filter(resample))
+        pixels = np.asarray(upright, dtype=np.uint8)
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels),
+        raw_width=raw_width,
+        raw_height=raw_height,
+        orientation=orientation,
+        mode=image.mode,
+        format=image.format,
+    )
+
+
+def decode_bytes(
+    data: bytes, name: str, max_side: int | None = None, resample: str = "bilinear"
+) -> DecodedImage:
+    """Decode an encoded image held in memory.
+
+    Args:
+        data: The file's bytes.
+        name: The file's name, used in error messages only.
+        max_side: Longest-side cap, or None.
+        resample: Filter name for the cap.
+
+    Raises:
+        ImageDecodeError: the bytes are not a decodable image, are truncated, or exceed Pillow's
+            decompression-bomb limit.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return normalize(image, max_side=max_side, resample=resample)
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(name, f"larger than Pillow's decompression-bomb limit ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(name, "not an image Pillow can identify") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(name, f"{type(e).__name__}: {e}") from e
+
+
+def decode_file(
+    path: str | os.PathLike[str], max_side: int | None = None, resample: str = "bilinear"
+) -> DecodedImage:
+    """Read and decode one image file; the disk path of a dataset uses this.
+
+    Raises:
+        ImageDecodeError: the file is unreadable or not a decodable image.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(str(path), f"unreadable: {e.strerror or e}") from e
+    return decode_bytes(data, str(path), max_side=max_side, resample=resample)

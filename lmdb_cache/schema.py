@@ -1,0 +1,197 @@
+"""On-disk schema: database names, keys, msgpack records and the format version.
+
+See ``docs/format.md`` for the prose version of this module. Everything read from a store goes
+through :func:`unpack` (bounded msgpack, no extension types, no pickle) and the ``check_*``
+functions, so a crafted store can raise an error but never run code or make the reader
+allocate more than the bytes the store really holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import msgpack
+
+FORMAT_NAME = "lmdb-image-cache"
+FORMAT_VERSION = 1
+
+# Named LMDB databases inside the environment.
+DB_MANIFEST = b"manifest"  # one key, MANIFEST_KEY -> manifest map
+DB_META = b"meta"  # image key -> record metadata map
+DB_PIXELS = b"pixels"  # image key -> raw HxWx3 uint8 bytes, row-major
+DB_FAILURES = b"failures"  # source key -> {"reason": str} for sources that failed to decode
+MAX_DBS = 8
+
+MANIFEST_KEY = b"manifest"
+
+# LMDB's compiled-in key limit.
+MAX_KEY_BYTES = 511
+# No side this long has ever been a real image; it bounds every shape read from a store.
+MAX_SIDE = 1 << 18
+MAX_RECORD_BYTES = 1 << 20
+
+PIXEL_CHANNELS = 3
+CHECKSUM_ALGORITHM = "crc32"
+
+# Fields of a record's metadata and the types they must have.
+META_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "width": int,
+    "height": int,
+    "channels": int,
+    "nbytes": int,
+    "raw_width": int,
+    "raw_height": int,
+    "orientation": int,
+    "scale": float,
+    "scale_x": float,
+    "scale_y": float,
+    "mode": str,
+    "format": (str, type(None)),
+    "source_size": int,
+    "source_mtime_ns": int,
+    "source_sha256": str,
+    "checksum": int,
+}
+
+MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "settings": dict,
+    "complete": bool,
+    "images": int,
+    "failed": int,
+    "total_bytes": int,
+    "source_root": str,
+    "created": str,
+    "updated": str,
+    "writer": str,
+}
+
+
+def encode_key(key: str) -> bytes:
+    """Encode an image key (a relative POSIX path) to LMDB key bytes.
+
+    Raises:
+        ValueError: the key is empty or longer than LMDB's 511-byte key limit.
+    """
+    data = key.encode("utf-8", "surrogateescape")
+    if not data:
+        raise ValueError("an image key cannot be empty")
+    if len(data) > MAX_KEY_BYTES:
+        raise ValueError(
+            f"path {key!r} is {len(data)} bytes in UTF-8, over LMDB's {MAX_KEY_BYTES}-byte key "
+            "limit; shorten the folder or file names"
+        )
+    return data
+
+
+def failure_key(key: str) -> bytes:
+    """The key of a source in the failures database.
+
+    A path too long to be an LMDB key still gets an entry (under a hash of it); the value of
+    every failure entry holds the full path, so readers never depend on this encoding.
+    """
+    data = key.encode("utf-8", "surrogateescape")
+    if 0 < len(data) <= MAX_KEY_BYTES:
+        return data
+    return b"\x00sha256:" + hashlib.sha256(data).hexdigest().encode()
+
+
+def decode_key(data: bytes) -> str:
+    return bytes(data).decode("utf-8", "surrogateescape")
+
+
+def pack(obj: Any) -> bytes:
+    """Serialize a record with msgpack (never pickle)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not part of this format")
+
+
+def unpack(data: bytes | memoryview, limit: int = MAX_RECORD_BYTES) -> Any:
+    """Deserialize a record with bounded sizes and no extension types.
+
+    Raises:
+        ValueError: the bytes are not a small, plain msgpack document.
+    """
+    if len(data) > limit:
+        raise ValueError(f"record is {len(data)} bytes, over the {limit}-byte limit")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_no_ext,
+        )
+    except ValueError:
+        raise
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise ValueError(f"not valid msgpack ({type(e).__name__}: {e})") from e
+
+
+def _check_fields(record: Any, fields: dict[str, type | tuple[type, ...]], what: str) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError(f"{what} is a {type(record).__name__}, expected a map")
+    for name, kind in fields.items():
+        if name not in record:
+            raise ValueError(f"{what} lacks the field {name!r}")
+        value = record[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"{what} field {name!r} is a bool, expected {kind}")
+        if not isinstance(value, kind):
+            raise ValueError(
+                f"{what} field {name!r} is a {type(value).__name__}, expected {kind}"
+            )
+    return record
+
+
+def check_meta(meta: Any) -> dict:
+    """Check a record's metadata against the schema and its own arithmetic.
+
+    Returns:
+        The metadata map, unchanged.
+
+    Raises:
+        ValueError: a field is missing, mistyped or out of range, or the sizes disagree.
+    """
+    _check_fields(meta, META_FIELDS, "metadata")
+    width, height = meta["width"], meta["height"]
+    for name in ("width", "height", "raw_width", "raw_height"):
+        if not 1 <= meta[name] <= MAX_SIDE:
+            raise ValueError(f"metadata {name}={meta[name]} is outside 1..{MAX_SIDE}")
+    if meta["channels"] != PIXEL_CHANNELS:
+        raise ValueError(f"metadata channels={meta['channels']}, expected {PIXEL_CHANNELS}")
+    expected = width * height * PIXEL_CHANNELS
+    if meta["nbytes"] != expected:
+        raise ValueError(
+            f"metadata nbytes={meta['nbytes']} but {width}x{height}x{PIXEL_CHANNELS}={expected}"
+        )
+    if not 1 <= meta["orientation"] <= 8:
+        raise ValueError(f"metadata orientation={meta['orientation']} is outside 1..8")
+    for name in ("scale", "scale_x", "scale_y"):
+        value = float(meta[name])
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ValueError(f"metadata {name}={value} is outside (0, 1]")
+    return meta
+
+
+def check_manifest(manifest: Any) -> dict:
+    """Check a manifest's fields and types (the format version is checked by the reader).
+
+    Raises:
+        ValueError: a field is missing or mistyped.
+    """
+    _check_fields(manifest, MANIFEST_FIELDS, "manifest")
+    settings = manifest["settings"]
+    max_side = settings.get("max_side")
+    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"manifest settings.max_side={max_side!r} is not a positive integer")
+    if not isinstance(settings.get("resample"), str):
+        raise ValueError("manifest settings.resample is missing or not a string")
+    return manifest

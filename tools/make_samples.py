@@ -1,0 +1,120 @@
+"""Generate a small synthetic receipt set: images plus annotations in the raw file frame.
+
+Each receipt is a paper-like page with lines of text; some are saved greyscale or PNG, and some
+JPEGs are stored rotated with an EXIF orientation tag (3, 6 or 8), the way phone cameras write
+them, with their polygons given in the raw (stored) frame as the original pipeline expects.
+
+    python tools/make_samples.py data/samples            # 24 images + data/samples.json
+    python tools/make_samples.py data/big --count 500 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+ORIENTATION_TAG = 0x0112
+
+# For a file tagged with orientation N, the transposition that turns the upright page into the
+# stored (raw) pixels: the inverse of what a reader applies.
+_TO_RAW = {
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def upright_to_raw(points: np.ndarray, orientation: int, width: int, height: int) -> np.ndarray:
+    """Map points of an upright ``width x height`` page to the raw frame of a file tagged
+    ``orientation`` (3, 6 or 8). Pixel-corner coordinates."""
+    x, y = points[:, 0], points[:, 1]
+    if orientation == 3:
+        return np.stack([width - x, height - y], axis=1)
+    if orientation == 6:  # raw is the page rotated 90 degrees counter-clockwise
+        return np.stack([y, width - x], axis=1)
+    if orientation == 8:  # raw is the page rotated 90 degrees clockwise
+        return np.stack([height - y, x], axis=1)
+    return points.copy()
+
+
+def _words(rng: np.random.Generator) -> str:
+    alphabet = string.ascii_uppercase + string.digits + "   .:-$"
+    return "".join(rng.choice(list(alphabet), size=int(rng.integers(6, 22)))).strip() or "TOTAL"
+
+
+def make_receipt(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, list[np.ndarray]]:
+    """One upright receipt and the quadrilaterals of its text lines."""
+    paper = rng.normal(238, 6, size=(height, width)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([paper, paper, (paper * 0.97).astype(np.uint8)], axis=2))
+    image = image.filter(ImageFilter.GaussianBlur(0.6))
+    draw = ImageDraw.Draw(image)
+    polygons = []
+    y = int(height * 0.05)
+    while y < height * 0.92:
+        size = int(rng.integers(max(10, height // 60), max(12, height // 28)))
+        font = ImageFont.load_default(size=size)
+        text = _words(rng)
+        x = int(rng.integers(int(width * 0.04), int(width * 0.3)))
+        ink = int(rng.integers(10, 70))
+        draw.text((x, y), text, fill=(ink, ink, ink), font=font)
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        if right - left > 4 and bottom - top > 4 and right < width:
+            polygons.append(
+                np.array([[left, top], [right, top], [right, bottom], [left, bottom]], float)
+            )
+        y = bottom + int(rng.integers(size // 2, size * 2))
+    return image, polygons
+
+
+def generate(out: Path, count: int, seed: int) -> Path:
+    """Write ``count`` receipts under ``out`` and ``<out>.json``; returns the JSON path."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    annotations: dict = {"images": {}}
+    for i in range(count):
+        width = int(rng.integers(360, 900))
+        height = int(width * rng.uniform(1.3, 2.6))
+        page, polygons = make_receipt(rng, width, height)
+        name = f"receipt_{i:04d}." + ("png" if i % 7 == 4 else "jpg")
+        orientation = (1, 1, 3, 6, 8, 1)[i % 6] if name.endswith(".jpg") else 1
+        if i % 5 == 3:
+            page = page.convert("L")
+        raw = page.transpose(_TO_RAW[orientation]) if orientation in _TO_RAW else page
+        raw_polygons = [upright_to_raw(p, orientation, width, height) for p in polygons]
+        if name.endswith(".jpg"):
+            exif = Image.Exif()
+            if orientation != 1:
+                exif[ORIENTATION_TAG] = orientation
+            raw.save(out / name, quality=90, exif=exif)
+        else:
+            raw.save(out / name)
+        annotations["images"][name] = {
+            "words": {
+                f"{j:04d}": {"points": np.round(p, 2).tolist()} for j, p in enumerate(raw_polygons)
+            }
+        }
+    path = out.with_suffix(".json") if out.suffix == "" else out.parent / (out.name + ".json")
+    path.write_text(json.dumps(annotations, indent=1))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="folder to write the images into")
+    parser.add_argument("--count", type=int, default=24, help="number of receipts (default 24)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    path = generate(args.out, args.count, args.seed)
+    print(f"wrote {args.count} receipts to {args.out}/ and annotations to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

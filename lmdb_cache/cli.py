@@ -19,7 +19,6 @@ from .reader import open_cache
 from .validate import validate_cache
 from .writer import build_cache, default_output
 
-
 _CTX = {"help_option_names": ["-h", "--help"]}
 
 
@@ -33,7 +32,9 @@ class _Bar:
 
     def start(self, total: int) -> None:
         if self.enabled:
-            self.bar = tqdm(total=total, desc=self.desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="img", file=sys.stderr, dynamic_ncols=True
+            )
 
     def advance(self, key: str) -> None:
         if self.bar is not None:
@@ -63,19 +64,43 @@ def _fail_usage(message: str) -> None:
 
 @click.command("build", context_settings=_CTX)
 @click.argument("src", type=click.Path(file_okay=False, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
-              help="Cache folder to write. Default: SRC with '.lmdb' appended (data/val -> data/val.lmdb).")
-@click.option("--max-side", type=click.IntRange(min=1), default=None,
-              help="Downscale so the longest side is at most N pixels (never upscale); the scale "
-                   "is recorded per image so polygons can follow. Default: full size.")
-@click.option("--resample", type=click.Choice(sorted(RESAMPLE_FILTERS)), default="bilinear",
-              show_default=True, help="Filter used by --max-side.")
-@click.option("-j", "--workers", type=click.IntRange(min=1), default=None,
-              help="Decoding processes. Default: all cores.")
-@click.option("--rebuild", is_flag=True,
-              help="Drop every record first (needed to change --max-side or --resample of an existing cache).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Cache folder to write. Default: SRC with '.lmdb' appended (data/val -> data/val.lmdb).",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Downscale so the longest side is at most N pixels (never upscale); the scale "
+    "is recorded per image so polygons can follow. Default: full size.",
+)
+@click.option(
+    "--resample",
+    type=click.Choice(sorted(RESAMPLE_FILTERS)),
+    default="bilinear",
+    show_default=True,
+    help="Filter used by --max-side.",
+)
+@click.option(
+    "-j",
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decoding processes. Default: all cores.",
+)
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Drop every record first (to change --max-side or --resample of an existing cache).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document with the result on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document with the result on stdout."
+)
 def build_command(
     src: str,
     output: str | None,
@@ -105,8 +130,13 @@ def build_command(
     bar = _Bar(enabled=not (quiet or as_json), desc="decoding")
     try:
         result = build_cache(
-            src, output, max_side=max_side, resample=resample, workers=workers,
-            rebuild=rebuild, progress=bar,
+            src,
+            output,
+            max_side=max_side,
+            resample=resample,
+            workers=workers,
+            rebuild=rebuild,
+            progress=bar,
         )
     except (SettingsMismatchError, NotADirectoryError, ValueError) as e:
         bar.close()
@@ -144,15 +174,32 @@ def build_command(
 
 @click.command("validate", context_settings=_CTX)
 @click.argument("cache", type=click.Path(path_type=str))
-@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=str), default=None,
-              help="The folder the cache was built from: report changed, missing and new images.")
-@click.option("--annotations", type=click.Path(dir_okay=False, exists=True, path_type=str), default=None,
-              help='Annotation JSON ({"images": {"<file>": ...}}): report annotated images not cached.')
-@click.option("--no-checksums", is_flag=True, help="Skip the pixel checksums (fast, checks structure only).")
+@click.option(
+    "--source",
+    type=click.Path(file_okay=False, exists=True, path_type=str),
+    default=None,
+    help="The folder the cache was built from: report changed, missing and new images.",
+)
+@click.option(
+    "--annotations",
+    type=click.Path(dir_okay=False, exists=True, path_type=str),
+    default=None,
+    help='Annotation JSON ({"images": {"<file>": ...}}): report annotated images not cached.',
+)
+@click.option(
+    "--no-checksums", is_flag=True, help="Skip the pixel checksums (fast, checks structure only)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document with the report on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document with the report on stdout."
+)
 def validate_command(
-    cache: str, source: str | None, annotations: str | None, no_checksums: bool, quiet: bool, as_json: bool
+    cache: str,
+    source: str | None,
+    annotations: str | None,
+    no_checksums: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Prove that CACHE is intact and current.
 
@@ -174,13 +221,23 @@ def validate_command(
         if quiet or as_json:
             return
         if bar is None:
-            bar = tqdm(total=total, desc="checksums", unit="B", unit_scale=True, file=sys.stderr,
-                       dynamic_ncols=True)
+            bar = tqdm(
+                total=total,
+                desc="checksums",
+                unit="B",
+                unit_scale=True,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
         bar.update(done - bar.n)
 
     try:
         report = validate_cache(
-            cache, source=source, annotations=annotations, checksums=not no_checksums, progress=progress
+            cache,
+            source=source,
+            annotations=annotations,
+            checksums=not no_checksums,
+            progress=progress,
         )
     except (CacheNotFoundError, ValueError) as e:
         _fail_usage(str(e))
@@ -245,7 +302,10 @@ def info_command(cache: str, as_json: bool) -> None:
     cap = settings.get("max_side") or "none (full size)"
     click.echo(f"cache:        {cache}")
     click.echo(f"format:       {manifest['format']} v{manifest['format_version']}")
-    click.echo(f"complete:     {'yes' if manifest['complete'] else 'NO (build interrupted; re-run build-cache)'}")
+    click.echo(
+        "complete:     "
+        + ("yes" if manifest["complete"] else "NO (build interrupted; re-run build-cache)")
+    )
     click.echo(f"images:       {entries}")
     click.echo(f"pixel bytes:  {_size(manifest['total_bytes'])}")
     click.echo(f"file size:    {_size(disk)}")
@@ -274,6 +334,7 @@ cli.add_command(build_command)
 cli.add_command(validate_command)
 cli.add_command(info_command)
 
+
 def main() -> None:
     cli.main(prog_name="lmdb-cache")
 
@@ -290,4 +351,11 @@ def cache_info_main() -> None:
     info_command.main(prog_name="cache-info")
 
 
-__all__ = ["cli", "main", "build_cache_main", "validate_cache_main", "cache_info_main", "default_output"]
+__all__ = [
+    "cli",
+    "main",
+    "build_cache_main",
+    "validate_cache_main",
+    "cache_info_main",
+    "default_output",
+]

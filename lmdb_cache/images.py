@@ -104,7 +104,9 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def scan_images(root: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[str]:
+def scan_images(
+    root: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
+) -> list[str]:
     """List image files below ``root`` as sorted POSIX paths relative to it.
 
     Args:
@@ -124,7 +126,9 @@ def scan_images(root: str | os.PathLike[str], exclude: str | os.PathLike[str] | 
     keys: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root_path, followlinks=True):
         if skip is not None:
-            dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != skip]
+            dirnames[:] = [
+                d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != skip
+            ]
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root_path)
         for name in filenames:
@@ -220,7 +224,9 @@ def normalize(
     raw_width, raw_height = image.size
     pixels = to_rgb(image)
     method = _TRANSPOSE.get(orientation)
-    upright_size = (raw_height, raw_width) if orientation in (5, 6, 7, 8) else (raw_width, raw_height)
+    upright_size = (
+        (raw_height, raw_width) if orientation in (5, 6, 7, 8) else (raw_width, raw_height)
+    )
     size = capped_size(*upright_size, max_side)
     if method is not None or size != upright_size:
         upright = Image.fromarray(pixels, "RGB")

@@ -139,16 +139,16 @@ def _open_env(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:
         raise NotACacheError(
             f"'{path}' holds no LMDB store (no data.mdb); pass the folder build-cache wrote"
         )
-    options = dict(
-        readonly=True, subdir=True, max_dbs=MAX_DBS, max_readers=MAX_READERS, map_size=0
-    )
+    options = dict(readonly=True, subdir=True, max_dbs=MAX_DBS, max_readers=MAX_READERS, map_size=0)
     if lock is not False:
         try:
             return lmdb.open(path, lock=True, **options), True
         except lmdb.Error as e:
             denied = (errno.EROFS, errno.EACCES, errno.EPERM)
-            if lock is True or getattr(e, "errno", None) not in denied and not isinstance(
-                e, lmdb.ReadonlyError
+            if (
+                lock is True
+                or getattr(e, "errno", None) not in denied
+                and not isinstance(e, lmdb.ReadonlyError)
             ):
                 raise CacheError(f"cannot open cache '{path}': {e}") from e
         warnings.warn(
@@ -190,7 +190,9 @@ class CacheReader:
     A reader is not meant to be shared between threads; give each thread its own.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, lock: bool | None = None, verify: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, lock: bool | None = None, verify: bool = False
+    ) -> None:
         """Open a store and check its format.
 
         Args:
@@ -257,7 +259,10 @@ class CacheReader:
             env.set_mapsize(0)  # a writer grew the map: adopt its size
             txn = env.begin(buffers=True)
         try:
-            dbs = {name: env.open_db(name, txn=txn, create=False) for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)}
+            dbs = {
+                name: env.open_db(name, txn=txn, create=False)
+                for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
+            }
         except lmdb.NotFoundError:
             txn.abort()
             raise NotACacheError(
@@ -267,7 +272,9 @@ class CacheReader:
         raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
         try:
             if raw is None:
-                raise NotACacheError(f"cache '{self.path}' has no manifest; rebuild it with build-cache")
+                raise NotACacheError(
+                    f"cache '{self.path}' has no manifest; rebuild it with build-cache"
+                )
             manifest = unpack(raw)
             check_format(manifest, self.path)
             check_manifest(manifest)
@@ -434,6 +441,8 @@ class CacheReader:
         return f"CacheReader({self.path!r})"
 
 
-def open_cache(path: str | os.PathLike[str], *, lock: bool | None = None, verify: bool = False) -> CacheReader:
+def open_cache(
+    path: str | os.PathLike[str], *, lock: bool | None = None, verify: bool = False
+) -> CacheReader:
     """Open a cache store for reading. See :class:`CacheReader` for the arguments."""
     return CacheReader(path, lock=lock, verify=verify)

@@ -145,9 +145,7 @@ def _check_fields(record: Any, fields: dict[str, type | tuple[type, ...]], what:
         if isinstance(value, bool) and kind is not bool:
             raise ValueError(f"{what} field {name!r} is a bool, expected {kind}")
         if not isinstance(value, kind):
-            raise ValueError(
-                f"{what} field {name!r} is a {type(value).__name__}, expected {kind}"
-            )
+            raise ValueError(f"{what} field {name!r} is a {type(value).__name__}, expected {kind}")
     return record
 
 

@@ -120,7 +120,9 @@ def validate_cache(
     annotated = _annotated_keys(annotations) if annotations is not None else None
     report.annotations = os.fspath(annotations) if annotations is not None else None
     if source is not None and not Path(source).is_dir():
-        raise ValueError(f"source '{source}' is not a folder; pass the folder the cache was built from")
+        raise ValueError(
+            f"source '{source}' is not a folder; pass the folder the cache was built from"
+        )
     try:
         reader = CacheReader(path)
     except CacheNotFoundError:
@@ -233,19 +235,25 @@ def _check_source(
         if not meta:
             continue
         if key not in present:
-            report.problem("stale-missing", key, f"{key}: cached but no longer in the source; {fix}")
+            report.problem(
+                "stale-missing", key, f"{key}: cached but no longer in the source; {fix}"
+            )
             continue
         file = source / key
         try:
             st = file.stat()
         except OSError as e:
-            report.problem("stale-unreadable", key, f"{key}: source unreadable ({e.strerror}); {fix}")
+            report.problem(
+                "stale-unreadable", key, f"{key}: source unreadable ({e.strerror}); {fix}"
+            )
             continue
         if st.st_size == meta["source_size"] and st.st_mtime_ns == meta["source_mtime_ns"]:
             continue
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
         if digest != meta["source_sha256"]:
-            report.problem("stale-changed", key, f"{key}: the source changed since it was cached; {fix}")
+            report.problem(
+                "stale-changed", key, f"{key}: the source changed since it was cached; {fix}"
+            )
     for key in sorted(present - metas.keys()):
         if key in failures:
             continue  # already a warning

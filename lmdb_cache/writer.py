@@ -27,7 +27,7 @@ import PIL
 
 from . import __version__
 from .errors import CacheError, ImageDecodeError, NotACacheError, SettingsMismatchError
-from .images import RESAMPLE_FILTERS, decode_bytes, scan_images
+from .images import decode_bytes, resample_filter, scan_images
 from .schema import (
     CHECKSUM_ALGORITHM,
     DB_FAILURES,
@@ -252,7 +252,9 @@ class _Store:
         used = self._used_bytes()
         if self.env.info()["map_size"] < 2 * used:
             self.env.set_mapsize(max(2 * used, _MIN_MAP_SIZE))
-        self.dbs = {name: self.env.open_db(name) for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)}
+        self.dbs = {
+            name: self.env.open_db(name) for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
+        }
 
     def _used_bytes(self) -> int:
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
@@ -303,7 +305,9 @@ class _Store:
 def _check_output(output: str, source: str) -> None:
     out = Path(output)
     if out.exists() and not out.is_dir():
-        raise NotACacheError(f"output '{output}' exists and is not a cache folder; choose another -o")
+        raise NotACacheError(
+            f"output '{output}' exists and is not a cache folder; choose another -o"
+        )
     if out.is_dir():
         entries = {p.name for p in out.iterdir()}
         if entries and "data.mdb" not in entries:
@@ -352,8 +356,7 @@ def build_cache(
     started = time.perf_counter()
     source = os.fspath(source)
     output = os.fspath(output) if output is not None else default_output(source)
-    if resample not in RESAMPLE_FILTERS:
-        raise ValueError(f"unknown resampling filter {resample!r}; choose one of {', '.join(sorted(RESAMPLE_FILTERS))}")
+    resample_filter(resample)  # raises ValueError naming the choices
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be a positive integer, got {max_side}")
     if workers is None:
@@ -376,7 +379,18 @@ def build_cache(
     store = _Store(output)
     try:
         manifest = _prepare_manifest(store, source, output, settings, rebuild, result)
-        _update(store, source, keys, settings, manifest, workers, commit_bytes, commit_images, progress, result)
+        _update(
+            store,
+            source,
+            keys,
+            settings,
+            manifest,
+            workers,
+            commit_bytes,
+            commit_images,
+            progress,
+            result,
+        )
     finally:
         store.close()
     result.seconds = time.perf_counter() - started
@@ -476,7 +490,9 @@ def _update(
                 failures[key] = f"unreadable: {e.strerror or e}"
                 failed_keys.add(key)
                 continue
-            if st.st_size == meta.get("source_size") and st.st_mtime_ns == meta.get("source_mtime_ns"):
+            if st.st_size == meta.get("source_size") and st.st_mtime_ns == meta.get(
+                "source_mtime_ns"
+            ):
                 result.unchanged += 1
                 continue
         tasks.append((key, meta.get("source_sha256") if meta else None))

@@ -47,7 +47,9 @@ def _words(rng: np.random.Generator) -> str:
     return "".join(rng.choice(list(alphabet), size=int(rng.integers(6, 22)))).strip() or "TOTAL"
 
 
-def make_receipt(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, list[np.ndarray]]:
+def make_receipt(
+    rng: np.random.Generator, width: int, height: int
+) -> tuple[Image.Image, list[np.ndarray]]:
     """One upright receipt and the quadrilaterals of its text lines."""
     paper = rng.normal(238, 6, size=(height, width)).clip(0, 255).astype(np.uint8)
     image = Image.fromarray(np.stack([paper, paper, (paper * 0.97).astype(np.uint8)], axis=2))

@@ -201,7 +201,10 @@ def test_lock_free_mode_reads_the_same_pixels(store, tmp_path):
 
 
 def _build_in_child(src: Path, out: Path) -> None:
-    code = "import sys; from lmdb_cache import build_cache; build_cache(sys.argv[1], sys.argv[2], workers=1)"
+    code = (
+        "import sys; from lmdb_cache import build_cache; "
+        "build_cache(sys.argv[1], sys.argv[2], workers=1)"
+    )
     subprocess.run([sys.executable, "-c", code, str(src), str(out)], check=True)
 
 
@@ -238,9 +241,15 @@ def test_exif_rotated_jpeg_reads_back_upright(tmp_path):
     (tmp_path / "img").mkdir()
     raw.save(tmp_path / "img" / "r.jpg", exif=exif, quality=95)
     build_cache(tmp_path / "img", tmp_path / "c.lmdb", workers=1)
-    want = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "img" / "r.jpg")).convert("RGB"))
+    want = np.asarray(
+        ImageOps.exif_transpose(Image.open(tmp_path / "img" / "r.jpg")).convert("RGB")
+    )
     with open_cache(tmp_path / "c.lmdb") as reader:
         record = reader["r.jpg"]
     np.testing.assert_array_equal(record.image, want)
-    assert (record.meta["raw_width"], record.meta["raw_height"], record.meta["orientation"]) == (64, 40, 6)
+    assert (record.meta["raw_width"], record.meta["raw_height"], record.meta["orientation"]) == (
+        64,
+        40,
+        6,
+    )
     assert record.image.shape == (64, 40, 3)

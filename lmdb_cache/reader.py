@@ -139,7 +139,9 @@ def _open_env(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:
         raise NotACacheError(
             f"'{path}' holds no LMDB store (no data.mdb); pass the folder build-cache wrote"
         )
-    options = dict(readonly=True, subdir=True, max_dbs=MAX_DBS, max_readers=MAX_READERS, map_size=0)
+    options: dict[str, Any] = dict(
+        readonly=True, subdir=True, max_dbs=MAX_DBS, max_readers=MAX_READERS, map_size=0
+    )
     if lock is not False:
         try:
             return lmdb.open(path, lock=True, **options), True

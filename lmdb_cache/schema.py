@@ -99,7 +99,7 @@ def failure_key(key: str) -> bytes:
     return b"\x00sha256:" + hashlib.sha256(data).hexdigest().encode()
 
 
-def decode_key(data: bytes) -> str:
+def decode_key(data: bytes | memoryview) -> str:
     return bytes(data).decode("utf-8", "surrogateescape")
 
 

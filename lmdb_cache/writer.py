@@ -181,7 +181,7 @@ def _decode_task(
         "mode": decoded.mode,
         "format": decoded.format,
         **fingerprint,
-        "checksum": zlib.crc32(pixels),
+        "checksum": zlib.crc32(pixels.data),
     }
     return ("ok", key, meta, pixels)
 

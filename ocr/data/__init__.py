@@ -1,0 +1,1 @@
+"""Data side of the OCR pipeline: annotations, datasets, transforms, DBNet targets."""

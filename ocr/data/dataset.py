@@ -1,0 +1,266 @@
+"""The OCR dataset: one class, three image sources chosen by config.
+
+* disk: decode each image on every read (``lmdb_cache.images.decode_file``);
+* preload: decode every image once at start-up into a dict (the old approach, a baseline);
+* cache: read the decoded pixels from an LMDB cache built by ``build-cache``.
+
+Every source yields the same upright RGB uint8 image for a key, because all three apply the
+same normalization (``lmdb_cache.images``) with the same ``max_side`` and ``resample``. A cache
+is accepted only if its settings reproduce that image: the same resampling filter, and a cap
+equal to the dataset's ``max_side`` (or no cap at all, in which case the dataset applies the
+cap itself exactly as ``build-cache`` would).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lmdb_cache import CacheError, MissingImageError, open_cache
+from lmdb_cache.images import capped_size, decode_file, resample_filter
+
+from .annotations import ImageAnnotation, load_annotations
+from .geometry import (
+    apply,
+    orientation_matrix,
+    polygons_in_upright_frame,
+    scale_matrix,
+    upright_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedImage:
+    """An upright image from any source, with what is needed to move raw polygons onto it."""
+
+    pixels: np.ndarray
+    raw_width: int
+    raw_height: int
+    orientation: int
+    scale_x: float
+    scale_y: float
+
+
+class CacheSettingsError(CacheError, ValueError):
+    """The cache cannot reproduce the pixels the dataset's configuration asks for."""
+
+
+def _cap(pixels: np.ndarray, max_side: int | None, resample: str) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    size = capped_size(w, h, max_side)
+    if size == (w, h):
+        return pixels
+    return np.asarray(
+        Image.fromarray(pixels, "RGB").resize(size, resample=resample_filter(resample))
+    )
+
+
+class DiskSource:
+    """Decodes from the image folder on every read."""
+
+    name = "disk"
+
+    def __init__(self, root: str | os.PathLike[str], max_side: int | None, resample: str) -> None:
+        self.root = Path(root)
+        self.max_side = max_side
+        self.resample = resample
+
+    def load(self, key: str) -> LoadedImage:
+        d = decode_file(self.root / key, max_side=self.max_side, resample=self.resample)
+        cw, ch = d.canonical_size
+        return LoadedImage(
+            d.pixels, d.raw_width, d.raw_height, d.orientation, d.width / cw, d.height / ch
+        )
+
+
+class PreloadSource:
+    """Decodes every image once, in this process, and keeps them in a dict."""
+
+    name = "preload"
+
+    def __init__(self, disk: DiskSource, keys: list[str]) -> None:
+        self.images = {key: disk.load(key) for key in keys}
+
+    def load(self, key: str) -> LoadedImage:
+        return self.images[key]
+
+
+class CacheSource:
+    """Reads decoded pixels from an LMDB cache, opened lazily in each worker process."""
+
+    name = "cache"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_side: int | None,
+        resample: str,
+        fallback: DiskSource | None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.reader = open_cache(self.path)
+        self.max_side = max_side
+        self.resample = resample
+        self.fallback = fallback
+        self._warned = False
+        settings = self.reader.settings
+        cap = settings.get("max_side")
+        if settings.get("resample") != resample and cap is not None:
+            raise CacheSettingsError(
+                f"cache '{self.path}' was resized with {settings.get('resample')!r}, the dataset "
+                f"uses {resample!r}; rebuild it with 'build-cache SRC -o {self.path} --rebuild "
+                f"--resample {resample}' or set resample: {settings.get('resample')}"
+            )
+        if cap is not None and cap != max_side:
+            raise CacheSettingsError(
+                f"cache '{self.path}' is capped at --max-side {cap}, the dataset's max_side is "
+                f"{max_side}; set max_side: {cap} for every source, or rebuild the cache with "
+                f"'build-cache SRC -o {self.path} --rebuild"
+                + (f" --max-side {max_side}'" if max_side else "'")
+            )
+
+    def check_keys(self, keys: list[str]) -> list[str]:
+        return [key for key in keys if key not in self.reader]
+
+    def load(self, key: str) -> LoadedImage:
+        try:
+            record = self.reader.view(key)
+        except MissingImageError:
+            if self.fallback is None:
+                raise
+            if not self._warned:
+                log.warning("image %r is not in cache '%s'; reading it from disk", key, self.path)
+                self._warned = True
+            return self.fallback.load(key)
+        meta = record.meta
+        pixels = _cap(record.image, self.max_side, self.resample)
+        if pixels is record.image:
+            pixels = record.image.copy()
+        cw, ch = upright_size(meta["orientation"], meta["raw_width"], meta["raw_height"])
+        return LoadedImage(
+            pixels,
+            meta["raw_width"],
+            meta["raw_height"],
+            meta["orientation"],
+            pixels.shape[1] / cw,
+            pixels.shape[0] / ch,
+        )
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed that does not depend on which worker draws the sample."""
+    return zlib.crc32(f"{seed}:{epoch}:{index}".encode())
+
+
+class OCRDataset(Dataset):
+    """Images and text polygons, transformed, with DBNet targets when asked.
+
+    Args:
+        image_path: Folder of images; annotation file names are relative to it.
+        annotation_path: Annotation JSON (see ``ocr.data.annotations``).
+        transform: A transform from ``ocr.data.transforms``.
+        image_cache: Path of an LMDB cache built from ``image_path``; None reads from disk.
+        preload_images: Decode every image at start-up (ignored when ``image_cache`` is set).
+        cache_fallback: ``"error"`` (default) or ``"disk"``: what to do for an image that is
+            not in the cache.
+        max_side: Longest-side cap applied to every source before the transform.
+        resample: Filter of that cap.
+        targets: A callable adding DBNet targets to a sample, or None.
+        seed: Base seed of the random transforms; a sample's randomness depends only on
+            (seed, epoch, index), so any number of workers gives the same batches.
+    """
+
+    def __init__(
+        self,
+        image_path: str | os.PathLike[str],
+        annotation_path: str | os.PathLike[str],
+        transform: Any,
+        image_cache: str | os.PathLike[str] | None = None,
+        preload_images: bool = False,
+        cache_fallback: str = "error",
+        max_side: int | None = None,
+        resample: str = "bilinear",
+        targets: Any = None,
+        seed: int = 0,
+    ) -> None:
+        if cache_fallback not in ("error", "disk"):
+            raise ValueError(f"cache_fallback must be 'error' or 'disk', got {cache_fallback!r}")
+        target_size = getattr(transform, "size", None)
+        if max_side is not None and target_size is not None and max_side < target_size:
+            raise ValueError(
+                f"max_side {max_side} is below the transform size {target_size}: images would "
+                "be upscaled after being downscaled; use max_side >= the transform size"
+            )
+        self.annotations: dict[str, ImageAnnotation] = load_annotations(annotation_path)
+        self.keys = list(self.annotations)
+        self.transform = transform
+        self.targets = targets
+        self.seed = seed
+        self.epoch = 0
+        disk = DiskSource(image_path, max_side, resample)
+        self.source: DiskSource | PreloadSource | CacheSource
+        if image_cache is not None:
+            self.source = CacheSource(
+                image_cache, max_side, resample, disk if cache_fallback == "disk" else None
+            )
+            missing = self.source.check_keys(self.keys)
+            if missing and cache_fallback == "error":
+                raise MissingImageError(missing[0], self.source.path)
+            if missing:
+                log.warning(
+                    "%d annotated image(s) are not in cache '%s' (first: %r); they are read from disk",
+                    len(missing),
+                    self.source.path,
+                    missing[0],
+                )
+        elif preload_images:
+            self.source = PreloadSource(disk, self.keys)
+        else:
+            self.source = disk
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        loaded = self.source.load(key)
+        ann = self.annotations[key]
+        to_upright = orientation_matrix(loaded.orientation, loaded.raw_width, loaded.raw_height)
+        if polygons_in_upright_frame(
+            ann.polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
+        ):
+            to_upright = np.eye(3)
+        to_image = scale_matrix(loaded.scale_x, loaded.scale_y) @ to_upright
+        polygons = [apply(to_image, p) for p in ann.polygons]
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        result = self.transform(loaded.pixels, polygons, rng)
+        upright_to_sample = result.matrix @ scale_matrix(loaded.scale_x, loaded.scale_y)
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(result.image.transpose(2, 0, 1))),
+            "polygons": [p.astype(np.float32) for p in result.polygons],
+            "ignore": [not v for v in result.valid],
+            "inverse_matrix": np.linalg.inv(upright_to_sample).astype(np.float64),
+            "filename": key,
+            "raw_size": (loaded.raw_width, loaded.raw_height),
+            "orientation": loaded.orientation,
+            "canonical_size": upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
+        }
+        if self.targets is not None:
+            sample.update(
+                self.targets(result.image.shape[:2], sample["polygons"], sample["ignore"])
+            )
+        return sample

@@ -219,7 +219,7 @@ class OCRDataset(Dataset):
                 raise MissingImageError(missing[0], self.source.path)
             if missing:
                 log.warning(
-                    "%d annotated image(s) are not in cache '%s' (first: %r); they are read from disk",
+                    "%d annotated image(s) not in cache '%s' (first: %r); read from disk",
                     len(missing),
                     self.source.path,
                     missing[0],

@@ -19,8 +19,10 @@ from ocr.data.transforms import ValTransform
 
 RAW_W, RAW_H = 300, 200
 POLYGON = [[40.0, 30.0], [150.0, 50.0], [140.0, 110.0], [30.0, 90.0]]
-# Reaches x > RAW_H, so once rotated to the upright frame it no longer fits the raw size.
+# Polygons that, once in the upright frame, no longer fit the raw size: the upright y is the
+# raw x for orientations 5 and 6 (so x > RAW_H), and RAW_W - x for 7 and 8 (so x < RAW_W - RAW_H).
 FAR_POLYGON = [[180.0, 30.0], [285.0, 50.0], [280.0, 110.0], [170.0, 90.0]]
+NEAR_POLYGON = [[10.0, 30.0], [90.0, 50.0], [85.0, 110.0], [5.0, 90.0]]
 
 
 def _write_case(folder, orientation, upright_frame=False, polygon=POLYGON):
@@ -66,7 +68,8 @@ def test_polygon_lands_on_its_pixels(tmp_path, orientation, source):
 
 @pytest.mark.parametrize("orientation", [5, 6, 7, 8], ids=lambda o: f"orientation{o}")
 def test_polygons_already_upright_are_not_rotated_twice(tmp_path, orientation):
-    ann = _write_case(tmp_path / "img", orientation, upright_frame=True, polygon=FAR_POLYGON)
+    polygon = FAR_POLYGON if orientation in (5, 6) else NEAR_POLYGON
+    ann = _write_case(tmp_path / "img", orientation, upright_frame=True, polygon=polygon)
     ds = OCRDataset(tmp_path / "img", ann, ValTransform(640))
     polygon_white, white_inside = _coverage(ds[0])
     assert polygon_white > 0.97 and white_inside > 0.97

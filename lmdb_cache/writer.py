@@ -9,13 +9,14 @@ re-run resumes from there. Readers of the store keep their own snapshot meanwhil
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import multiprocessing
+import multiprocessing.pool
 import os
 import sys
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -186,11 +187,17 @@ def _decode_task(
     return ("ok", key, meta, pixels)
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # forkserver children start from a clean process: no inherited LMDB handle, no threads.
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
+def _start_pool(workers: int) -> multiprocessing.pool.Pool | None:
+    """Start the decoding processes, before the store is opened so none inherits it.
+
+    On Linux they are forked: they start at once, need no re-import of the caller's main
+    module (spawn would, and fails for scripts without a main guard), and the build has opened
+    no LMDB environment yet. Elsewhere they are spawned.
+    """
+    if workers <= 1:
+        return None
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
 
 
 def _run_tasks(
@@ -198,32 +205,29 @@ def _run_tasks(
     root: str,
     max_side: int | None,
     resample: str,
+    pool: multiprocessing.pool.Pool | None,
     workers: int,
 ) -> Iterator[tuple[Any, ...]]:
-    """Decode ``(key, known_sha256)`` tasks, yielding results as they complete.
+    """Decode ``(key, known_sha256)`` tasks, yielding results in task order.
 
     At most ``2 * workers`` results are in flight, so memory stays bounded however large the
-    set is.
+    set is and however slow the writer.
     """
-    if workers <= 1 or len(tasks) <= 1:
+    if pool is None:
         for key, sha in tasks:
             yield _decode_task(root, key, max_side, resample, sha)
         return
-    window = 2 * workers
+    window: deque[multiprocessing.pool.AsyncResult] = deque()
     pending = iter(tasks)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        running: set[cf.Future] = set()
+    for key, sha in pending:
+        window.append(pool.apply_async(_decode_task, (root, key, max_side, resample, sha)))
+        if len(window) >= 2 * workers:
+            break
+    while window:
+        yield window.popleft().get()
         for key, sha in pending:
-            running.add(pool.submit(_decode_task, root, key, max_side, resample, sha))
-            if len(running) >= window:
-                break
-        while running:
-            done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-                for key, sha in pending:
-                    running.add(pool.submit(_decode_task, root, key, max_side, resample, sha))
-                    break
+            window.append(pool.apply_async(_decode_task, (root, key, max_side, resample, sha)))
+            break
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -235,6 +239,7 @@ class _Store:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(
                 path,
                 map_size=_MIN_MAP_SIZE,
@@ -244,7 +249,7 @@ class _Store:
                 readahead=False,
                 meminit=False,
             )
-        except lmdb.Error as e:
+        except (lmdb.Error, OSError) as e:
             hint = ""
             if "already open" in str(e):
                 hint = "; close this process's readers of it (reader.close()) before building"
@@ -376,7 +381,13 @@ def build_cache(
         "checksum": CHECKSUM_ALGORITHM,
     }
     result = BuildResult(output=output)
-    store = _Store(output)
+    pool = _start_pool(workers)
+    try:
+        store = _Store(output)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
     try:
         manifest = _prepare_manifest(store, source, output, settings, rebuild, result)
         _update(
@@ -385,6 +396,7 @@ def build_cache(
             keys,
             settings,
             manifest,
+            pool,
             workers,
             commit_bytes,
             commit_images,
@@ -392,6 +404,9 @@ def build_cache(
             result,
         )
     finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
         store.close()
     result.seconds = time.perf_counter() - started
     return result
@@ -451,6 +466,7 @@ def _update(
     keys: list[str],
     settings: dict,
     manifest: dict,
+    pool: multiprocessing.pool.Pool | None,
     workers: int,
     commit_bytes: int,
     commit_images: int,
@@ -512,7 +528,9 @@ def _update(
     pending_images = 0
     for key, reason in failures.items():
         ops.append((DB_FAILURES, failure_key(key), pack({"key": key, "reason": reason})))
-    for outcome in _run_tasks(tasks, source, settings["max_side"], settings["resample"], workers):
+    for outcome in _run_tasks(
+        tasks, source, settings["max_side"], settings["resample"], pool, workers
+    ):
         status, key = outcome[0], outcome[1]
         ekey = encode_key(key)  # tasks hold only keys that encode
         if status == "ok":

@@ -206,6 +206,8 @@ def _check_manifest(reader: CacheReader, report: ValidationReport, metas: dict[s
     if not manifest["complete"]:
         report.problem("incomplete", None, f"the last build did not finish; {fix}")
     total = sum(m.get("nbytes", 0) for m in metas.values())
+    if any(not m for m in metas.values()):
+        total = manifest["total_bytes"]  # unknown: corrupt records are reported on their own
     if manifest["images"] != len(metas) or manifest["total_bytes"] != total:
         report.problem(
             "manifest-mismatch",

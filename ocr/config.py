@@ -1,4 +1,7 @@
-"""YAML configs with ``key=value`` overrides (``datasets.val_dataset.image_cache=data/val.lmdb``)."""
+"""YAML configs with ``key=value`` overrides.
+
+Example override: ``datasets.val_dataset.image_cache=data/val.lmdb``.
+"""
 
 from __future__ import annotations
 

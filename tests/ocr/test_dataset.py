@@ -1,0 +1,115 @@
+"""Disk, preload and cache sources give identical batches; so do 0, 2 and 4 workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmdb_cache import MissingImageError, build_cache
+from ocr.config import apply_overrides, load_config
+from ocr.data.dataset import CacheSettingsError
+from ocr.data.loader import build_dataset, build_loader
+from tools.make_samples import generate
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    ann = generate(root / "img", count=6, seed=3)
+    build_cache(root / "img", root / "full.lmdb", workers=1)
+    build_cache(root / "img", root / "cap700.lmdb", max_side=700, workers=1)
+    config = load_config("configs/data/base.yaml")
+    split = config["datasets"]["val_dataset"]
+    split.update(image_path=str(root / "img"), annotation_path=str(ann))
+    return root, config
+
+
+def _batches(config, split="val_dataset", workers=0, **overrides):
+    cfg = dict(config["datasets"][split], **overrides)
+    dataset = build_dataset(cfg, config["targets"])
+    loader_cfg = dict(config["dataloader"], num_workers=workers, batch_size=2)
+    return list(build_loader(dataset, loader_cfg))
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x["filename"] == y["filename"]
+        for name in (
+            "image",
+            "prob_map",
+            "prob_mask",
+            "thresh_map",
+            "thresh_mask",
+            "inverse_matrix",
+        ):
+            assert torch.equal(x[name], y[name]), name
+        for p, q in zip(x["polygons"], y["polygons"], strict=True):
+            for u, v in zip(p, q, strict=True):
+                np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("source", ["preload", "cache"])
+def test_source_gives_the_disk_batches(samples, source):
+    root, config = samples
+    disk = _batches(config)
+    other = {"preload": {"preload_images": True}, "cache": {"image_cache": str(root / "full.lmdb")}}
+    _assert_same(disk, _batches(config, **other[source]))
+
+
+def test_capped_cache_gives_the_disk_batches_at_the_same_max_side(samples):
+    root, config = samples
+    disk = _batches(config, max_side=700)
+    _assert_same(disk, _batches(config, max_side=700, image_cache=str(root / "cap700.lmdb")))
+
+
+def test_batches_are_uint8(samples):
+    _, config = samples
+    assert _batches(config)[0]["image"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("workers", [2, 4], ids=lambda w: f"workers{w}")
+def test_workers_give_the_same_training_batches(samples, workers):
+    root, config = samples
+    config = apply_overrides(config, [])
+    train = dict(config["datasets"]["val_dataset"], transform={"name": "train", "size": 640})
+    config["datasets"]["train_dataset"] = train
+    serial = _batches(config, "train_dataset", workers=0, image_cache=str(root / "full.lmdb"))
+    parallel = _batches(
+        config, "train_dataset", workers=workers, image_cache=str(root / "full.lmdb")
+    )
+    _assert_same(serial, parallel)
+
+
+def test_cache_cap_other_than_max_side_is_refused_at_start(samples):
+    root, config = samples
+    with pytest.raises(CacheSettingsError, match="capped at --max-side 700"):
+        _batches(config, image_cache=str(root / "cap700.lmdb"))
+
+
+def test_max_side_below_the_transform_size_is_refused(samples):
+    _, config = samples
+    with pytest.raises(ValueError, match="below the transform size"):
+        _batches(config, max_side=320)
+
+
+def test_image_missing_from_the_cache_is_an_error_naming_it(samples, tmp_path):
+    root, config = samples
+    partial = tmp_path / "img"
+    partial.mkdir()
+    (partial / "receipt_0000.jpg").write_bytes((root / "img" / "receipt_0000.jpg").read_bytes())
+    build_cache(partial, tmp_path / "partial.lmdb", workers=1)
+    with pytest.raises(MissingImageError, match="receipt_0001.jpg"):
+        _batches(config, image_cache=str(tmp_path / "partial.lmdb"))
+
+
+def test_cache_fallback_disk_reads_missing_images_from_disk(samples, tmp_path, caplog):
+    root, config = samples
+    partial = tmp_path / "img"
+    partial.mkdir()
+    (partial / "receipt_0000.jpg").write_bytes((root / "img" / "receipt_0000.jpg").read_bytes())
+    build_cache(partial, tmp_path / "partial.lmdb", workers=1)
+    fallback = _batches(config, image_cache=str(tmp_path / "partial.lmdb"), cache_fallback="disk")
+    _assert_same(_batches(config), fallback)
+    assert "not in cache" in caplog.text

@@ -144,9 +144,9 @@ class CacheSource:
                 self._warned = True
             return self.fallback.load(key)
         meta = record.meta
+        # The transforms never write to their input (Pillow copies it), so the zero-copy view
+        # is handed on as it is: the one copy a sample pays is the transform's own.
         pixels = _cap(record.image, self.max_side, self.resample)
-        if pixels is record.image:
-            pixels = record.image.copy()
         cw, ch = upright_size(meta["orientation"], meta["raw_width"], meta["raw_height"])
         return LoadedImage(
             pixels,

@@ -1,5 +1,6 @@
 """Polygon-aware transforms on uint8 images.
 
+Transforms never write to their input image (it may be a read-only view into the cache).
 Each transform takes an upright ``(H, W, 3)`` uint8 image and its polygons (in that image's
 pixel-corner frame) and returns the new image, the moved polygons and the 3x3 matrix mapping
 input coordinates to output coordinates, so the dataset can compose the full chain

@@ -34,7 +34,6 @@ from .errors import (
     CacheError,
     CacheNotFoundError,
     CorruptRecordError,
-    FormatVersionError,
     MissingImageError,
     NotACacheError,
 )
@@ -43,17 +42,16 @@ from .schema import (
     DB_MANIFEST,
     DB_META,
     DB_PIXELS,
-    FORMAT_NAME,
-    FORMAT_VERSION,
     MANIFEST_KEY,
     MAX_DBS,
+    MAX_READERS,
+    check_format,
     check_manifest,
     check_meta,
     decode_key,
     encode_key,
     unpack,
 )
-from .writer import MAX_READERS
 
 # Handles inherited from a parent that could not be closed safely: kept referenced, never used.
 _ORPHANS: list[Any] = []
@@ -83,22 +81,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-
-
-def check_format(manifest: Any, path: str) -> None:
-    """Raise unless ``manifest`` names this package's format at the version this code reads.
-
-    Raises:
-        NotACacheError: the manifest is not this package's.
-        FormatVersionError: another format version.
-    """
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise NotACacheError(
-            f"'{path}' is an LMDB store but not an image cache (its manifest does not name "
-            f"format {FORMAT_NAME!r}); build one with 'build-cache SRC -o {path}'"
-        )
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise FormatVersionError(path, manifest.get("format_version"), FORMAT_VERSION)
 
 
 def _acquire_env(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:

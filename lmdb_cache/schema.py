@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 
+from .errors import FormatVersionError, NotACacheError
+
 FORMAT_NAME = "lmdb-image-cache"
 FORMAT_VERSION = 1
 
@@ -23,6 +25,8 @@ DB_META = b"meta"  # image key -> record metadata map
 DB_PIXELS = b"pixels"  # image key -> raw HxWx3 uint8 bytes, row-major
 DB_FAILURES = b"failures"  # source key -> {"reason": str} for sources that failed to decode
 MAX_DBS = 8
+# Reader slots in the lock file; set by whoever creates it, so writer and readers agree.
+MAX_READERS = 2048
 
 MANIFEST_KEY = b"manifest"
 
@@ -193,3 +197,19 @@ def check_manifest(manifest: Any) -> dict:
     if not isinstance(settings.get("resample"), str):
         raise ValueError("manifest settings.resample is missing or not a string")
     return manifest
+
+
+def check_format(manifest: Any, path: str) -> None:
+    """Raise unless ``manifest`` names this package's format at the version this code reads.
+
+    Raises:
+        NotACacheError: the manifest is not this package's.
+        FormatVersionError: another format version.
+    """
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise NotACacheError(
+            f"'{path}' is an LMDB store but not an image cache (its manifest does not name "
+            f"format {FORMAT_NAME!r}); build one with 'build-cache SRC -o {path}'"
+        )
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FormatVersionError(path, manifest.get("format_version"), FORMAT_VERSION)

@@ -39,7 +39,9 @@ from .schema import (
     FORMAT_VERSION,
     MANIFEST_KEY,
     MAX_DBS,
+    MAX_READERS,
     PIXEL_CHANNELS,
+    check_format,
     check_manifest,
     encode_key,
     failure_key,
@@ -47,7 +49,6 @@ from .schema import (
     unpack,
 )
 
-MAX_READERS = 2048
 _MIN_MAP_SIZE = 1 << 30
 _MAX_MAP_GROWTH = 1 << 40
 
@@ -415,8 +416,6 @@ def build_cache(
 def _prepare_manifest(
     store: _Store, source: str, output: str, settings: dict, rebuild: bool, result: BuildResult
 ) -> dict:
-    from .reader import check_format  # the reader owns the format check
-
     existing = store.manifest()
     if existing is not None and rebuild:
         store.clear()

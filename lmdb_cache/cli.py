@@ -327,6 +327,12 @@ def cli() -> None:
 
     Build it once with 'build', check it with 'validate', inspect it with 'info'. The same
     commands exist as build-cache, validate-cache and cache-info.
+
+    \b
+    Examples:
+      lmdb-cache build data/val --max-side 1024
+      lmdb-cache validate data/val.lmdb --source data/val
+      lmdb-cache info data/val.lmdb --json
     """
 
 

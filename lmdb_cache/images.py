@@ -18,7 +18,8 @@ Mode rule (``to_rgb``):
   would instead drop alpha and expose whatever colour hides under transparent pixels.
 * 16-bit and 32-bit integer greyscale (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, ``I``) is
   clipped to 0..65535 and scaled to 8 bits: ``(v * 255 + 32767) // 65535``, then replicated to
-  three channels. Pillow's ``convert("RGB")`` would clip at 255 and saturate most of the image.
+  three channels (a transparency colour key on such an image is ignored). Pillow's
+  ``convert("RGB")`` would clip at 255 and saturate most of the image.
 * Float greyscale (``F``) is rounded and clipped to 0..255, then replicated.
 """
 
@@ -110,8 +111,10 @@ def scan_images(
     """List image files below ``root`` as sorted POSIX paths relative to it.
 
     Args:
-        root: Folder to scan recursively (symbolic links to folders are followed once).
-        exclude: A folder below ``root`` to skip, such as a cache written inside it.
+        root: Folder to scan recursively. Symbolic links to folders are followed, and each
+            real folder is scanned once (a link back to a parent is no loop).
+        exclude: A folder to skip, such as a cache written inside ``root``; a relative path
+            is taken from the working directory, like any other path.
 
     Returns:
         Relative POSIX keys such as ``"sub/img_001.jpg"``, sorted.
@@ -124,11 +127,15 @@ def scan_images(
         raise NotADirectoryError(f"source '{root}' is not a folder; pass the folder of images")
     skip = os.path.realpath(exclude) if exclude is not None else None
     keys: list[str] = []
+    seen = {os.path.realpath(root_path)}
     for dirpath, dirnames, filenames in os.walk(root_path, followlinks=True):
-        if skip is not None:
-            dirnames[:] = [
-                d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != skip
-            ]
+        kept = []
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real != skip and real not in seen:  # each folder once: no link loops
+                seen.add(real)
+                kept.append(d)
+        dirnames[:] = kept
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root_path)
         for name in filenames:
@@ -165,12 +172,12 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return np.asarray(image, dtype=np.uint8).copy()
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        return _composite_on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
-    if mode in _INT16_MODES:
+    if mode in _INT16_MODES:  # before transparency: a colour key on 16-bit grey is ignored
         values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
         grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
     if mode == "F":
         grey = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
@@ -219,11 +226,17 @@ def normalize(
     Returns:
         The normalized image with its raw size and orientation.
     """
-    image.load()
+    # Read before load(): Pillow's TIFF loader turns the image upright itself while loading and
+    # drops the tag (its size is already the upright one from open()).
     orientation = read_orientation(image)
-    raw_width, raw_height = image.size
+    image.load()
+    loader_applied = orientation != 1 and read_orientation(image) != orientation
+    if loader_applied and orientation in (5, 6, 7, 8):
+        raw_height, raw_width = image.size
+    else:
+        raw_width, raw_height = image.size
     pixels = to_rgb(image)
-    method = _TRANSPOSE.get(orientation)
+    method = None if loader_applied else _TRANSPOSE.get(orientation)
     upright_size = (
         (raw_height, raw_width) if orientation in (5, 6, 7, 8) else (raw_width, raw_height)
     )

@@ -248,7 +248,6 @@ class _Store:
                 max_readers=MAX_READERS,
                 subdir=True,
                 readahead=False,
-                meminit=False,
             )
         except (lmdb.Error, OSError) as e:
             hint = ""

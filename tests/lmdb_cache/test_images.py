@@ -154,7 +154,7 @@ _MODE_FORMATS = [
 
 
 def _generated_cases() -> list[object]:
-    cases = []
+    cases: list[object] = []
     for mode, ext in _MODE_FORMATS:
         orientations: list[int | None] = [None] if ext == "bmp" else [None, 5, 7]
         if (mode, ext) in {("RGB", "png"), ("L", "tif")}:
@@ -313,7 +313,9 @@ def test_wide_greyscale_is_scaled_not_clipped(tmp_path: Path, case: str) -> None
         pytest.param((640, 480), None, (640, 480), id="no-cap"),
     ],
 )
-def test_capped_size(size: tuple[int, int], max_side: int | None, expected: tuple[int, int]):
+def test_capped_size(
+    size: tuple[int, int], max_side: int | None, expected: tuple[int, int]
+) -> None:
     assert capped_size(*size, max_side) == expected
 
 
@@ -392,7 +394,9 @@ def test_decompression_bomb_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         decode_file(path)  # 2001 pixels
 
 
-def test_image_at_twice_pixel_limit_decodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_image_at_twice_pixel_limit_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _save(Image.new("RGB", (40, 50)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.warns(Image.DecompressionBombWarning):

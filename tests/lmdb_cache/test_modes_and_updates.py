@@ -173,3 +173,37 @@ def test_map_grows_by_itself(tmp_path, monkeypatch):
     assert r.ok and r.total_bytes == 6 * 400 * 500 * 3 > 1 << 20
     with open_cache(tmp_path / "c.lmdb") as reader:
         assert len(reader) == 6
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8], ids=lambda o: f"orientation{o}")
+def test_tiff_orientation_is_recorded_like_a_jpeg(tmp_path, orientation):
+    """Pillow's TIFF loader turns the image upright itself; the record must still say how."""
+    raw = Image.fromarray(RGB)  # 53 x 37
+    stored_tiff, _ = _cached(tmp_path, "a.tif", raw, exif=_exif(orientation))
+    with open_cache(tmp_path / "c.lmdb") as reader:
+        meta = reader.meta("a.tif")
+    expected = np.asarray(
+        raw.transpose(
+            {
+                3: Image.Transpose.ROTATE_180,
+                6: Image.Transpose.ROTATE_270,
+                8: Image.Transpose.ROTATE_90,
+            }[orientation]
+        )
+    )
+    np.testing.assert_array_equal(stored_tiff, expected)
+    assert (meta["raw_width"], meta["raw_height"], meta["orientation"]) == (53, 37, orientation)
+
+
+def test_link_back_to_a_parent_is_scanned_once(tmp_path):
+    folder = _folder(tmp_path, count=1)
+    (folder / "sub").mkdir()
+    os.symlink("..", folder / "sub" / "up")
+    r = build_cache(folder, tmp_path / "c.lmdb", workers=1)
+    assert r.images == 1
+
+
+def test_sixteen_bit_grey_with_a_colour_key_is_still_scaled(tmp_path):
+    values = np.array([[0, 32767, 65535, 300]], dtype=np.uint16)
+    stored, _ = _cached(tmp_path, "a.png", Image.fromarray(values), transparency=300)
+    np.testing.assert_array_equal(stored[0, :, 0], [0, 127, 255, 1])

@@ -213,6 +213,20 @@ def resample_filter(name: str) -> Image.Resampling:
         raise ValueError(f"unknown resampling filter {name!r}; choose one of {choices}") from None
 
 
+def cap_pixels(pixels: np.ndarray, max_side: int | None, resample: str = "bilinear") -> np.ndarray:
+    """Apply the longest-side cap to an upright RGB uint8 array (returned as is when it fits).
+
+    The one place the cap is computed, so ``build-cache --max-side`` and a dataset's
+    ``max_side`` produce the same pixels.
+    """
+    height, width = pixels.shape[:2]
+    size = capped_size(width, height, max_side)
+    if size == (width, height):
+        return pixels
+    image = Image.fromarray(pixels, "RGB").resize(size, resample=resample_filter(resample))
+    return np.asarray(image, dtype=np.uint8)
+
+
 def normalize(
     image: Image.Image, max_side: int | None = None, resample: str = "bilinear"
 ) -> DecodedImage:
@@ -237,17 +251,9 @@ def normalize(
         raw_width, raw_height = image.size
     pixels = to_rgb(image)
     method = None if loader_applied else _TRANSPOSE.get(orientation)
-    upright_size = (
-        (raw_height, raw_width) if orientation in (5, 6, 7, 8) else (raw_width, raw_height)
-    )
-    size = capped_size(*upright_size, max_side)
-    if method is not None or size != upright_size:
-        upright = Image.fromarray(pixels, "RGB")
-        if method is not None:
-            upright = upright.transpose(method)
-        if size != upright.size:
-            upright = upright.resize(size, resample=resample_filter(resample))
-        pixels = np.asarray(upright, dtype=np.uint8)
+    if method is not None:
+        pixels = np.asarray(Image.fromarray(pixels, "RGB").transpose(method), dtype=np.uint8)
+    pixels = cap_pixels(pixels, max_side, resample)
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels),
         raw_width=raw_width,

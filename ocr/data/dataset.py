@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from lmdb_cache import CacheError, MissingImageError, open_cache
-from lmdb_cache.images import capped_size, decode_file, resample_filter
+from lmdb_cache.images import cap_pixels, decode_file
 
 from .annotations import ImageAnnotation, load_annotations
 from .geometry import (
@@ -54,16 +53,6 @@ class LoadedImage:
 
 class CacheSettingsError(CacheError, ValueError):
     """The cache cannot reproduce the pixels the dataset's configuration asks for."""
-
-
-def _cap(pixels: np.ndarray, max_side: int | None, resample: str) -> np.ndarray:
-    h, w = pixels.shape[:2]
-    size = capped_size(w, h, max_side)
-    if size == (w, h):
-        return pixels
-    return np.asarray(
-        Image.fromarray(pixels, "RGB").resize(size, resample=resample_filter(resample))
-    )
 
 
 class DiskSource:
@@ -146,7 +135,7 @@ class CacheSource:
         meta = record.meta
         # The transforms never write to their input (Pillow copies it), so the zero-copy view
         # is handed on as it is: the one copy a sample pays is the transform's own.
-        pixels = _cap(record.image, self.max_side, self.resample)
+        pixels = cap_pixels(record.image, self.max_side, self.resample)
         cw, ch = upright_size(meta["orientation"], meta["raw_width"], meta["raw_height"])
         return LoadedImage(
             pixels,

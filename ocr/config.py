@@ -1,6 +1,9 @@
 """YAML configs with ``key=value`` overrides.
 
 Example override: ``datasets.val_dataset.image_cache=data/val.lmdb``.
+
+A config may start from another with ``_base_: other.yaml`` (a path relative to the file):
+the base is read first and the file's own keys are merged into it, mapping by mapping.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ def load_config(
     Raises:
         ConfigError: unreadable file, not a mapping, or an override naming an unknown key.
     """
+    return apply_overrides(_read(os.fspath(path), ()), overrides, source=os.fspath(path))
+
+
+def _read(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """One file with its ``_base_`` chain merged in."""
+    if os.path.abspath(path) in chain:
+        raise ConfigError(f"config '{path}' includes itself through _base_")
     try:
         with open(path, encoding="utf-8") as f:
             config = yaml.safe_load(f)
@@ -33,7 +43,24 @@ def load_config(
         raise ConfigError(f"config '{path}' is not valid YAML: {e}") from e
     if not isinstance(config, dict):
         raise ConfigError(f"config '{path}' must be a mapping at the top level")
-    return apply_overrides(config, overrides, source=os.fspath(path))
+    base = config.pop("_base_", None)
+    if base is None:
+        return config
+    if not isinstance(base, str):
+        raise ConfigError(f"config '{path}': _base_ must be a file path, got {base!r}")
+    base_path = os.path.join(os.path.dirname(path), base)
+    return merge(_read(base_path, (*chain, os.path.abspath(path))), config)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``update`` merged in: mappings recursively, other values replaced."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def apply_overrides(

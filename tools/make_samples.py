@@ -5,7 +5,7 @@ JPEGs are stored rotated with an EXIF orientation tag (3, 6 or 8), the way phone
 them, with their polygons given in the raw (stored) frame as the original pipeline expects.
 
     python tools/make_samples.py data/samples            # 24 images + data/samples.json
-    python tools/make_samples.py data/big --count 500 --seed 1
+    python tools/make_samples.py data/big --count 500 --seed 1 --scale 2.5  # photo-sized
 """
 
 from __future__ import annotations
@@ -73,13 +73,19 @@ def make_receipt(
     return image, polygons
 
 
-def generate(out: Path, count: int, seed: int) -> Path:
-    """Write ``count`` receipts under ``out`` and ``<out>.json``; returns the JSON path."""
+def generate(out: Path, count: int, seed: int, scale: float = 1.0) -> Path:
+    """Write ``count`` receipts under ``out`` and ``<out>.json``; returns the JSON path.
+
+    ``scale`` multiplies the page size (360-900 pixels wide at 1; phone photos of receipts
+    are nearer 3), text included, so decoding costs what real scans cost.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     annotations: dict = {"images": {}}
     for i in range(count):
-        width = int(rng.integers(360, 900))
+        width = int(int(rng.integers(360, 900)) * scale)
         height = int(width * rng.uniform(1.3, 2.6))
         page, polygons = make_receipt(rng, width, height)
         name = f"receipt_{i:04d}." + ("png" if i % 7 == 4 else "jpg")
@@ -110,10 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder to write the images into")
     parser.add_argument("--count", type=int, default=24, help="number of receipts (default 24)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="page size multiplier (default 1: 360-900 px wide)"
+    )
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
-    path = generate(args.out, args.count, args.seed)
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+    path = generate(args.out, args.count, args.seed, args.scale)
     print(f"wrote {args.count} receipts to {args.out}/ and annotations to {path}")
     return 0
 

@@ -147,6 +147,10 @@ class CacheSource:
         )
 
 
+# The ICDAR transcription of a word that is present but not to be learned or counted.
+DONT_CARE = "###"
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A per-sample seed that does not depend on which worker draws the sample."""
     return zlib.crc32(f"{seed}:{epoch}:{index}".encode())
@@ -238,10 +242,14 @@ class OCRDataset(Dataset):
         rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
         result = self.transform(loaded.pixels, polygons, rng)
         upright_to_sample = result.matrix @ scale_matrix(loaded.scale_x, loaded.scale_y)
+        dont_care = [text == DONT_CARE for text in ann.texts]
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(result.image.transpose(2, 0, 1))),
             "polygons": [p.astype(np.float32) for p in result.polygons],
-            "ignore": [not v for v in result.valid],
+            "ignore": [not v or d for v, d in zip(result.valid, dont_care, strict=True)],
+            # Ground truth for evaluation, in the canonical (upright, full-size) frame.
+            "gt_polygons": [apply(to_upright, p) for p in ann.polygons],
+            "gt_ignore": dont_care,
             "inverse_matrix": np.linalg.inv(upright_to_sample).astype(np.float64),
             "filename": key,
             "raw_size": (loaded.raw_width, loaded.raw_height),

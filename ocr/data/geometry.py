@@ -28,7 +28,7 @@ def orientation_matrix(orientation: int, raw_width: float, raw_height: float) ->
         ValueError: orientation outside 1..8.
     """
     w, h = float(raw_width), float(raw_height)
-    table = {
+    table: dict[int, list[list[float]]] = {
         1: [[1, 0, 0], [0, 1, 0]],
         2: [[-1, 0, w], [0, 1, 0]],
         3: [[-1, 0, w], [0, -1, h]],

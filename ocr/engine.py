@@ -1,0 +1,260 @@
+"""Training and evaluation loops for DBNet, on CUDA when present, on the CPU otherwise.
+
+Batches leave the DataLoader as uint8 (pinned when CUDA is available), are copied with
+``non_blocking=True`` and normalized on the device (``DeviceNormalizer``). Every loop measures
+where its time goes: *data wait* is the time spent blocked on the DataLoader (decode,
+transforms, targets not ready yet), *compute* is the rest (copy, forward, backward, step,
+post-processing). Evaluation counts matches per image and sums integers, so its precision,
+recall and H-mean do not depend on the image source, the batch order or the number of ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data.normalize import DeviceNormalizer
+from .distributed import DistInfo, gather_objects, max_across_ranks, sum_across_ranks
+from .metrics import DetectionMetric, ImageCounts
+from .postprocess import DBPostProcess, Detection
+
+
+@dataclass
+class PhaseStats:
+    """Time and throughput of one pass over a loader (one epoch, or one evaluation)."""
+
+    images: int = 0
+    wall_s: float = 0.0
+    data_wait_s: float = 0.0
+    loss: float | None = None
+    loss_parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def compute_s(self) -> float:
+        return max(self.wall_s - self.data_wait_s, 0.0)
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.data_wait_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            compute_s=self.compute_s,
+            data_wait_share=self.data_wait_share,
+            images_per_s=self.images_per_s,
+        )
+        return out
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation, its timing, and optionally the detections per image."""
+
+    metrics: dict[str, Any]
+    stats: PhaseStats
+    predictions: dict[str, list[Detection]] | None = None
+
+
+def resolve_device(name: str | None, info: DistInfo) -> torch.device:
+    """``auto`` picks CUDA when present (the local rank's GPU under torchrun), else the CPU.
+
+    Raises:
+        ValueError: CUDA asked for but not available, or an unknown device string.
+    """
+    name = (name or "auto").strip()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"trainer.device {name!r} is not a device; use auto, cpu or cuda") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "trainer.device asks for CUDA but torch sees no GPU (CPU-only torch build or "
+                "no driver); set trainer.device=auto or cpu"
+            )
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when enabled, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+_TARGETS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
+
+
+def _timed(loader: DataLoader, stats: PhaseStats) -> Iterator[dict[str, Any]]:
+    """Yield batches, adding the time blocked waiting for each to ``stats.data_wait_s``."""
+    start = time.perf_counter()
+    iterator = iter(loader)  # starting the workers counts as waiting for data
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        stats.data_wait_s += time.perf_counter() - t0
+        yield batch
+    stats.wall_s = time.perf_counter() - start
+
+
+def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="batch")
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    normalizer: DeviceNormalizer,
+    device: torch.device,
+    info: DistInfo,
+    amp: bool = False,
+    progress: bool = False,
+    desc: str = "train",
+) -> PhaseStats:
+    """One pass over ``loader`` with an optimizer step per batch.
+
+    Returns the stats of this rank's pass, with the loss averaged over all ranks' images.
+    """
+    model.train()
+    stats = PhaseStats()
+    loss_sum = 0.0
+    part_sums: dict[str, float] = {}
+    with _bar(len(loader), desc, progress) as bar:
+        for batch in _timed(loader, stats):
+            images = normalizer(batch["image"])
+            targets = {k: batch[k].to(device, non_blocking=True) for k in _TARGETS}
+            with autocast(device, amp):
+                pred = model(images)
+            loss, parts = loss_fn(pred, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            n = images.shape[0]
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"training loss became {value} (step of {n} images); lower optimizer.lr "
+                    "or turn off trainer.amp"
+                )
+            loss_sum += value * n
+            for name, part in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + float(part) * n
+            stats.images += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+    names = sorted(part_sums)
+    totals = sum_across_ranks([stats.images, loss_sum, *(part_sums[k] for k in names)], info)
+    count = max(totals[0], 1.0)
+    stats.loss = totals[1] / count
+    stats.loss_parts = {k: v / count for k, v in zip(names, totals[2:], strict=True)}
+    return stats
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    normalizer: DeviceNormalizer,
+    post: DBPostProcess,
+    device: torch.device,
+    info: DistInfo,
+    iou_threshold: float = 0.5,
+    amp: bool = False,
+    progress: bool = False,
+    keep_predictions: bool = False,
+    desc: str = "eval",
+) -> EvalResult:
+    """Detect text in every image of ``loader`` and score it against the ground truth.
+
+    Under ``torchrun`` each rank evaluates its shard (``ShardSampler``); per-image counts are
+    gathered and summed on every rank, so the metrics equal a single-process evaluation.
+    """
+    was_training = model.training
+    model.eval()
+    stats = PhaseStats()
+    counts: dict[str, ImageCounts] = {}
+    predictions: dict[str, list[Detection]] = {}
+    scorer = DetectionMetric(iou_threshold=iou_threshold)
+    with _bar(len(loader), desc, progress) as bar:
+        for batch in _timed(loader, stats):
+            images = normalizer(batch["image"])
+            with autocast(device, amp):
+                prob = model(images)["prob"]
+            prob_np = prob.float().cpu().numpy()
+            detections = post.batch(
+                prob_np, batch["inverse_matrix"].numpy(), batch["canonical_size"]
+            )
+            for name, dets, gts, ignore in zip(
+                batch["filename"],
+                detections,
+                batch["gt_polygons"],
+                batch["gt_ignore"],
+                strict=True,
+            ):
+                counts[name] = scorer.update([d.polygon for d in dets], gts, ignore)
+                if keep_predictions:
+                    predictions[name] = dets
+            stats.images += images.shape[0]
+            bar.update(1)
+    model.train(was_training)
+    merged: dict[str, ImageCounts] = {}
+    for part in gather_objects(counts, info):
+        merged.update(part)
+    metric = DetectionMetric(iou_threshold=iou_threshold)
+    for name in sorted(merged):
+        metric.add(merged[name])
+    stats.images = len(merged)
+    stats.wall_s, stats.data_wait_s = max_across_ranks([stats.wall_s, stats.data_wait_s], info)
+    if keep_predictions:
+        for part in gather_objects(predictions, info):
+            predictions.update(part)
+    return EvalResult(metric.compute(), stats, predictions if keep_predictions else None)
+
+
+def poly_schedule(total_steps: int, power: float, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up, then ``(1 - step / total) ** power`` (DBNet's schedule)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(1.0 - step / max(total_steps, 1), 0.0) ** power
+
+    return factor
+
+
+def detections_to_json(predictions: dict[str, list[Detection]]) -> dict[str, Any]:
+    """Per image: a list of ``{"points": [[x, y], ...], "score": s}`` in the canonical frame."""
+    return {
+        name: [
+            {"points": np.round(d.polygon, 2).tolist(), "score": round(float(d.score), 4)}
+            for d in dets
+        ]
+        for name, dets in sorted(predictions.items())
+    }

@@ -23,11 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-import lmdb
 import PIL
 
 from . import __version__
-from .errors import CacheError, ImageDecodeError, NotACacheError, SettingsMismatchError
+from .errors import ImageDecodeError, NotACacheError, SettingsMismatchError
 from .images import decode_bytes, resample_filter, scan_images
 from .schema import (
     CHECKSUM_ALGORITHM,
@@ -38,19 +37,14 @@ from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_KEY,
-    MAX_DBS,
-    MAX_READERS,
     PIXEL_CHANNELS,
     check_format,
     check_manifest,
     encode_key,
     failure_key,
     pack,
-    unpack,
 )
-
-_MIN_MAP_SIZE = 1 << 30
-_MAX_MAP_GROWTH = 1 << 40
+from .store import WriteStore
 
 
 class Progress(Protocol):
@@ -234,79 +228,6 @@ def _run_tasks(
 # --- the store ---------------------------------------------------------------------------------
 
 
-class _Store:
-    """A writable environment with the map grown on demand and batched commits."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.env = lmdb.open(
-                path,
-                map_size=_MIN_MAP_SIZE,
-                max_dbs=MAX_DBS,
-                max_readers=MAX_READERS,
-                subdir=True,
-                readahead=False,
-            )
-        except (lmdb.Error, OSError) as e:
-            hint = ""
-            if "already open" in str(e):
-                hint = "; close this process's readers of it (reader.close()) before building"
-            raise CacheError(f"cannot open '{path}' for writing: {e}{hint}") from e
-        used = self._used_bytes()
-        if self.env.info()["map_size"] < 2 * used:
-            self.env.set_mapsize(max(2 * used, _MIN_MAP_SIZE))
-        self.dbs = {
-            name: self.env.open_db(name) for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
-        }
-
-    def _used_bytes(self) -> int:
-        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
-
-    def ensure_room(self, nbytes: int) -> None:
-        """Grow the map ahead of a transaction that writes about ``nbytes``."""
-        map_size = self.env.info()["map_size"]
-        needed = self._used_bytes() + 2 * nbytes + (64 << 20)
-        if needed > map_size:
-            self.env.set_mapsize(max(needed, min(2 * map_size, map_size + _MAX_MAP_GROWTH)))
-
-    def write(self, ops: list[tuple[bytes, bytes, bytes | None]], nbytes: int) -> None:
-        """Apply ``(db, key, value-or-None-to-delete)`` in one transaction, growing the map if
-        LMDB reports it full (the transaction is replayed whole, so it lands whole or not at all).
-        """
-        self.ensure_room(nbytes)
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for db, key, value in ops:
-                        if value is None:
-                            txn.delete(key, db=self.dbs[db])
-                        else:
-                            txn.put(key, value, db=self.dbs[db])
-                return
-            except lmdb.MapFullError:
-                self.env.set_mapsize(2 * self.env.info()["map_size"])
-
-    def read_all(self, db: bytes) -> dict[bytes, Any]:
-        with self.env.begin() as txn:
-            return {bytes(k): unpack(v) for k, v in txn.cursor(db=self.dbs[db])}
-
-    def manifest(self) -> dict | None:
-        with self.env.begin() as txn:
-            raw = txn.get(MANIFEST_KEY, db=self.dbs[DB_MANIFEST])
-        return None if raw is None else unpack(raw)
-
-    def clear(self) -> None:
-        with self.env.begin(write=True) as txn:
-            for db in self.dbs.values():
-                txn.drop(db, delete=False)
-
-    def close(self) -> None:
-        self.env.sync(True)
-        self.env.close()
-
-
 def _check_output(output: str, source: str) -> None:
     out = Path(output)
     if out.exists() and not out.is_dir():
@@ -383,7 +304,7 @@ def build_cache(
     result = BuildResult(output=output)
     pool = _start_pool(workers)
     try:
-        store = _Store(output)
+        store = WriteStore(output)
     except BaseException:
         if pool is not None:
             pool.terminate()
@@ -413,7 +334,7 @@ def build_cache(
 
 
 def _prepare_manifest(
-    store: _Store, source: str, output: str, settings: dict, rebuild: bool, result: BuildResult
+    store: WriteStore, source: str, output: str, settings: dict, rebuild: bool, result: BuildResult
 ) -> dict:
     existing = store.manifest()
     if existing is not None and rebuild:
@@ -459,7 +380,7 @@ def _prepare_manifest(
 
 
 def _update(
-    store: _Store,
+    store: WriteStore,
     source: str,
     keys: list[str],
     settings: dict,

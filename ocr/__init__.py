@@ -1,6 +1,6 @@
-"""The OCR training consumer of the cache: datasets, transforms, DBNet, training loop.
+"""The OCR consumer of the cache: datasets, transforms, DBNet, training and evaluation.
 
-Grows with the next issues; for now it exposes the cache reader it is built on.
+Entry points: ``ocr-train`` and ``ocr-eval`` (``ocr.cli``), driven by ``configs/dbnet.yaml``.
 """
 
 from lmdb_cache import open_cache

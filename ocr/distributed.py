@@ -91,19 +91,19 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 def sum_across_ranks(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise sum of a list of numbers over all ranks."""
-    if not info.enabled:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
+    return _all_reduce(values, info, dist.ReduceOp.SUM)
 
 
 def max_across_ranks(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise maximum of a list of numbers over all ranks (e.g. wall times)."""
+    return _all_reduce(values, info, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], info: DistInfo, op: Any) -> list[float]:
     if not info.enabled:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from lmdb_cache import build_cache, open_cache
-from lmdb_cache import writer as writer_module
+from lmdb_cache import store as store_module
 
 RNG = np.random.default_rng(42)
 RGB = RNG.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
@@ -162,7 +162,7 @@ def test_decompression_bomb_is_a_failure_not_a_crash(tmp_path, monkeypatch):
 
 
 def test_map_grows_by_itself(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "_MIN_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(store_module, "MIN_MAP_SIZE", 1 << 20)
     folder = tmp_path / "img"
     folder.mkdir()
     for i in range(6):

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from lmdb_cache import CacheError, SettingsMismatchError, build_cache, open_cache
+from lmdb_cache import store as store_module
 from lmdb_cache import writer as writer_module
 from lmdb_cache.validate import validate_cache
 
@@ -425,7 +426,7 @@ def test_builder_refuses_while_a_reader_of_the_store_is_open(tiny_images, tiny_c
 
 
 def test_map_grows_past_its_initial_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "_MIN_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(store_module, "MIN_MAP_SIZE", 1 << 20)
     for i in range(4):  # 4 x 500 x 400 x 3 = 2.4 MB of pixels, over the 1 MiB map
         save_image(tmp_path / "img" / f"{i}.png", noisy_image(500, 400, seed=i))
     output = tmp_path / "img.lmdb"

@@ -20,15 +20,7 @@ THRESH = [[0.3, 0.5, 0.7, 0.2], [0.6, 0.4, 0.3, 0.9]]
 THRESH_MAP = [[0.3, 0.7, 0.3, 0.3], [0.3, 0.3, 0.7, 0.3]]
 THRESH_MASK = [[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run these tiny models on one thread: intra-op threads gain nothing at this size, and
-    when other processes share the cores they can slow a step down a hundredfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def softplus(x: float) -> float:

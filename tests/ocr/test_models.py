@@ -17,15 +17,7 @@ from ocr.models.neck import FPN
 TINY = {"width": 8, "inner_channels": 32}
 MAP_SHAPE = (2, 1, 64, 64)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run these tiny models on one thread: intra-op threads gain nothing at this size, and
-    when other processes share the cores they can slow a step down a hundredfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

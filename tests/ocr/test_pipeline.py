@@ -18,6 +18,7 @@ from lmdb_cache import build_cache
 from ocr.checkpoint import load_checkpoint
 from ocr.cli import eval_command, train_command
 from ocr.config import load_config
+from ocr.data.annotations import convert_icdar_folder
 from ocr.pipeline import evaluate_checkpoint, train
 from tools.make_samples import generate
 
@@ -262,3 +263,29 @@ def test_bf16_autocast_trains_and_evaluates(receipts, tmp_path):
     summary = train(cfg, progress=False, echo=lambda _: None)
     assert math.isfinite(summary["final_loss"])
     assert set(summary["metrics"]) >= {"precision", "recall", "hmean"}
+
+
+def test_real_receipts_evaluate_identically_from_disk_and_cache(trained, sroie_img_dir, tmp_path):
+    # Four SROIE scans (full-size JPEGs, real EXIF and colour handling) through the whole chain.
+    cfg, _, out = trained
+    names = sorted(p.name for p in sroie_img_dir.glob("*.jpg"))[:4]
+    (tmp_path / "img").mkdir()
+    for name in names:
+        (tmp_path / "img" / name).symlink_to(sroie_img_dir / name)
+    boxes = convert_icdar_folder(sroie_img_dir.parent / "box", sroie_img_dir)
+    boxes["images"] = {n: boxes["images"][n] for n in names}
+    (tmp_path / "ann.json").write_text(json.dumps(boxes))
+    build_cache(tmp_path / "img", tmp_path / "img.lmdb", max_side=MAX_SIDE, workers=1)
+    cfg = json.loads(json.dumps(cfg))
+    cfg["datasets"]["val_dataset"].update(
+        image_path=str(tmp_path / "img"), annotation_path=str(tmp_path / "ann.json")
+    )
+    disk = evaluate_checkpoint(cfg, str(out / "last.pt"), progress=False, keep_predictions=True)
+    cfg["datasets"]["val_dataset"]["image_cache"] = str(tmp_path / "img.lmdb")
+    cache = evaluate_checkpoint(cfg, str(out / "last.pt"), progress=False, keep_predictions=True)
+    assert disk.metrics["num_gt"] > 0 and disk.metrics["num_pred"] > 0
+    assert cache.metrics == disk.metrics
+    for name in names:
+        assert [d.polygon.tolist() for d in cache.predictions[name]] == [
+            d.polygon.tolist() for d in disk.predictions[name]
+        ]

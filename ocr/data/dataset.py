@@ -207,6 +207,16 @@ class OCRDataset(Dataset):
             self.source = CacheSource(
                 image_cache, max_side, resample, disk if cache_fallback == "disk" else None
             )
+            built_from = self.source.reader.manifest.get("source_root")
+            if built_from and built_from != os.path.realpath(image_path):
+                # Often a stale override (an image_cache left from another run); moved data
+                # is fine, so this warns and the key check below decides.
+                log.warning(
+                    "cache '%s' was built from '%s', the dataset's image_path is '%s'",
+                    self.source.path,
+                    built_from,
+                    image_path,
+                )
             missing = self.source.check_keys(self.keys)
             if missing and cache_fallback == "error":
                 raise MissingImageError(missing[0], self.source.path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,21 @@ def test_cache_fallback_disk_reads_missing_images_from_disk(samples, tmp_path, c
     fallback = _batches(config, image_cache=str(tmp_path / "partial.lmdb"), cache_fallback="disk")
     _assert_same(_batches(config), fallback)
     assert "not in cache" in caplog.text
+
+
+def test_cache_built_from_another_folder_is_named_in_a_warning(samples, tmp_path, caplog):
+    root, config = samples
+    other = tmp_path / "elsewhere"
+    shutil.copytree(root / "img", other)  # same images, another folder: a warning, not an error
+    cfg = dict(config["datasets"]["val_dataset"], image_path=str(other))
+    with caplog.at_level("WARNING", logger="ocr.data.dataset"):
+        build_dataset(dict(cfg, image_cache=str(root / "full.lmdb")))
+    assert f"was built from '{(root / 'img').resolve()}'" in caplog.text
+
+
+def test_cache_of_the_image_folder_gives_no_warning(samples, caplog):
+    root, config = samples
+    cfg = dict(config["datasets"]["val_dataset"], image_cache=str(root / "full.lmdb"))
+    with caplog.at_level("WARNING", logger="ocr.data.dataset"):
+        build_dataset(cfg)
+    assert "was built from" not in caplog.text

@@ -13,7 +13,9 @@ This is the "box" post-processing of the reference implementation (MhLiao/DB,
    training targets apply (``unclip_ratio`` 1.5 against ``shrink_ratio`` 0.4) -- closely for
    compact boxes, but not for elongated ones: on an ideal map a 200 x 40 box comes back
    188.8 x 28.8 (IoU 0.68), a 400 x 20 line 389.9 x 9.9 (IoU 0.48), because the shrink takes
-   ``0.84 h`` off a long box's height and the unclip gives back only ``0.24 h``;
+   ``0.84 h`` off a long box's height and the unclip gives back only ``0.24 h``.
+   ``unclip_mode="inverse"`` offsets by the exact inverse of the targets' shrink of a
+   rectangle instead (``inverse_shrink_distance``), which restores long lines too;
 5. fit a minimum-area rectangle to the expanded polygon, drop it if its short side is below
    ``min_size + 2``, map its corners to the canonical frame and clip them to the image.
 

@@ -164,15 +164,21 @@ def eval_command(
     """
 
     def action() -> Any:
+        state = load_checkpoint(checkpoint)  # read once: config and weights
         if config is None:
-            cfg = load_checkpoint(checkpoint).get("config")
+            cfg = state.get("config")
             if not isinstance(cfg, dict):
                 raise ConfigError(f"checkpoint '{checkpoint}' has no config; pass --config")
             cfg = apply_overrides(cfg, overrides, source=f"the config in '{checkpoint}'")
         else:
             cfg = load_config(config, overrides)
         return evaluate_checkpoint(
-            cfg, checkpoint, _SPLITS[split], not (quiet or as_json), predictions is not None
+            cfg,
+            checkpoint,
+            _SPLITS[split],
+            not (quiet or as_json),
+            predictions is not None,
+            state=state,
         )
 
     result = _run(action)

@@ -331,11 +331,15 @@ def evaluate_checkpoint(
     split: str = "val_dataset",
     progress: bool = True,
     keep_predictions: bool = False,
+    state: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Evaluate a checkpoint on ``datasets.<split>`` of ``config`` (any image source)."""
+    """Evaluate a checkpoint on ``datasets.<split>`` of ``config`` (any image source).
+
+    ``state`` is the checkpoint already read by ``load_checkpoint``, if the caller has it.
+    """
     info, device, trainer = _setup(config)
     try:
-        state = load_checkpoint(checkpoint)
+        state = state if state is not None else load_checkpoint(checkpoint)
         model_cfg = dict(_section(config, "model"), weights=None)  # the checkpoint has them
         model = build_model(model_cfg).to(device)
         load_model_state(model, state, checkpoint)

@@ -8,6 +8,11 @@ dataset) asks for it, so both produce the same pixels:
 3. apply the EXIF orientation (all 8 values, exactly as ``ImageOps.exif_transpose``);
 4. optionally downscale so the longest side is at most ``max_side`` (never upscale).
 
+Sources are read by :func:`read_source`, which refuses anything but a regular file (a FIFO
+named ``x.jpg`` would otherwise block a build forever), and an image with a side longer than
+the cache format holds (:data:`~lmdb_cache.schema.MAX_SIDE`) is refused before its pixels are
+decoded.
+
 Mode rule (``to_rgb``):
 
 * ``RGB`` is kept; ``1``, ``L``, ``P`` without transparency, ``CMYK``, ``YCbCr``, ``LAB``,
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError
+from .schema import MAX_SIDE
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -47,6 +54,25 @@ RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
 }
 
 ORIENTATION_TAG = 0x0112
+
+# Each valid orientation keyed by itself. Pillow's exif_transpose finds its transposition by a
+# dict lookup, so a value applies when it is equal and hash-equal to an int 1..8, whatever TIFF
+# type stored it (6.0 from a FLOAT or DOUBLE, IFDRational(6, 1) from a RATIONAL); looking it up
+# the same way gives back the plain int Pillow applied, and misses exactly where Pillow does.
+_ORIENTATIONS: dict[int, int] = {value: value for value in range(1, 9)}
+
+# O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever (regular files ignore
+# it). O_NOCTTY: a terminal named like an image must not become our controlling terminal.
+_SOURCE_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_SOURCE_READ_CHUNK = 1 << 16
+
+_FILE_KINDS: dict[int, str] = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
 
 # The transposition that brings a raw image upright for each EXIF orientation value, the same
 # table Pillow's ImageOps.exif_transpose uses.
@@ -72,7 +98,7 @@ class DecodedImage:
         pixels: ``(height, width, 3)`` uint8, C-contiguous.
         raw_width: Width of the image as stored in the file, before orientation.
         raw_height: Height of the image as stored in the file, before orientation.
-        orientation: EXIF orientation applied (1 when the file has none or an invalid one).
+        orientation: EXIF orientation applied (1 when the file has none or one Pillow ignores).
         mode: Pillow mode of the decoded source (``"L"``, ``"RGB"``, ``"CMYK"``...).
         format: Pillow format name of the source (``"JPEG"``, ``"PNG"``...), or None.
     """
@@ -146,11 +172,22 @@ def scan_images(
 
 
 def read_orientation(image: Image.Image) -> int:
-    """The EXIF orientation of ``image``: 1..8, or 1 when absent or out of range."""
-    value = image.getexif().get(ORIENTATION_TAG)
-    if isinstance(value, int) and 1 <= value <= 8:
-        return value
-    return 1
+    """The EXIF orientation of ``image`` as Pillow's ``ImageOps.exif_transpose`` applies it.
+
+    A value stored as any TIFF type counts when it equals an integer 1..8 (``6``, ``6.0``,
+    a RATIONAL ``6/1``); anything else (``6.5``, ``0``, ``9``, text, a tuple) is no orientation.
+
+    Args:
+        image: A Pillow image, loaded or not.
+
+    Returns:
+        The orientation as an int 1..8, or 1 when absent or not one Pillow would apply.
+    """
+    value = image.getexif().get(ORIENTATION_TAG, 1)
+    try:
+        return _ORIENTATIONS.get(value, 1)
+    except TypeError:  # unhashable: Pillow's own lookup would raise, we call it no orientation
+        return 1
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -264,6 +301,17 @@ def normalize(
     )
 
 
+def _check_sides(image: Image.Image, name: str) -> None:
+    # image.size comes from the header alone: checked before load(), nothing huge is decoded.
+    # A downscale cap would not help: a record also stores the raw size, bounded the same way.
+    for side, length in zip(("width", "height"), image.size, strict=True):
+        if length > MAX_SIDE:
+            raise ImageDecodeError(
+                name,
+                f"{side} {length} exceeds the cache format's limit of {MAX_SIDE} pixels per side",
+            )
+
+
 def decode_bytes(
     data: bytes, name: str, max_side: int | None = None, resample: str = "bilinear"
 ) -> DecodedImage:
@@ -275,12 +323,17 @@ def decode_bytes(
         max_side: Longest-side cap, or None.
         resample: Filter name for the cap.
 
+    Returns:
+        The normalized image.
+
     Raises:
-        ImageDecodeError: the bytes are not a decodable image, are truncated, or exceed Pillow's
-            decompression-bomb limit.
+        ImageDecodeError: the bytes are not a decodable image, are truncated, exceed Pillow's
+            decompression-bomb limit, or have a side longer than the cache format's
+            :data:`~lmdb_cache.schema.MAX_SIDE`.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
+            _check_sides(image, name)
             return normalize(image, max_side=max_side, resample=resample)
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(name, f"larger than Pillow's decompression-bomb limit ({e})") from e
@@ -290,16 +343,88 @@ def decode_bytes(
         raise ImageDecodeError(name, f"{type(e).__name__}: {e}") from e
 
 
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is (``"a FIFO"``...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "an unknown file type")
+
+
+def _open_failure(path: str | os.PathLike[str], error: OSError) -> str:
+    # Some special files cannot even be opened (a unix socket gives ENXIO, a device may be
+    # denied): say what the path is rather than echo the errno.
+    try:
+        kind = _file_kind(os.stat(path).st_mode)
+    except OSError:
+        kind = None
+    if kind is not None:
+        return f"unreadable: not a regular file ({kind})"
+    return f"unreadable: {error.strerror or error}"
+
+
+def _read_all(fd: int, size_hint: int) -> bytes:
+    # The first read asks for the whole file (one more byte than fstat said, so a file that
+    # grew is not cut short); then read to EOF, as a read may return less than asked.
+    chunks = []
+    while chunk := os.read(fd, size_hint + 1 if size_hint else _SOURCE_READ_CHUNK):
+        chunks.append(chunk)
+        size_hint = 0
+    return b"".join(chunks)
+
+
+def read_source(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """Read a source image file whole, refusing anything that is not a regular file.
+
+    The file is opened without blocking (a FIFO named like an image does not hang) and its type
+    is taken from ``fstat`` of the open descriptor, so it is the file actually read, even if
+    the name is swapped meanwhile. Symbolic links are followed.
+
+    Args:
+        path: The source file.
+
+    Returns:
+        The file's bytes and the ``fstat`` result of the descriptor they were read from; a
+        build fingerprints the source from it (``st_size``, ``st_mtime_ns``).
+
+    Raises:
+        ImageDecodeError: the path is a FIFO, socket, device or directory (reason
+            ``"unreadable: not a regular file (a FIFO)"`` and so on), or opening or reading it
+            failed (``"unreadable: <strerror>"``).
+    """
+    name = os.fsdecode(path)
+    try:
+        fd = os.open(path, _SOURCE_OPEN_FLAGS)
+    except OSError as e:
+        raise ImageDecodeError(name, _open_failure(path, e)) from e
+    try:
+        st = os.fstat(fd)
+        kind = _file_kind(st.st_mode)
+        if kind is not None:
+            raise ImageDecodeError(name, f"unreadable: not a regular file ({kind})")
+        data = _read_all(fd, st.st_size)
+    except OSError as e:
+        raise ImageDecodeError(name, f"unreadable: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    return data, st
+
+
 def decode_file(
     path: str | os.PathLike[str], max_side: int | None = None, resample: str = "bilinear"
 ) -> DecodedImage:
     """Read and decode one image file; the disk path of a dataset uses this.
 
+    Args:
+        path: The image file (read with :func:`read_source`).
+        max_side: Longest-side cap, or None.
+        resample: Filter name for the cap.
+
+    Returns:
+        The normalized image.
+
     Raises:
-        ImageDecodeError: the file is unreadable or not a decodable image.
+        ImageDecodeError: the file is not a regular file, is unreadable, or is not a decodable
+            image.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImageDecodeError(str(path), f"unreadable: {e.strerror or e}") from e
-    return decode_bytes(data, str(path), max_side=max_side, resample=resample)
+    data, _ = read_source(path)
+    return decode_bytes(data, os.fsdecode(path), max_side=max_side, resample=resample)

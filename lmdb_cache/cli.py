@@ -13,11 +13,11 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from .errors import CacheError, CacheNotFoundError, SettingsMismatchError
+from .errors import BuildLockedError, CacheError, CacheNotFoundError, SettingsMismatchError
 from .images import RESAMPLE_FILTERS
 from .reader import open_cache
 from .validate import validate_cache
-from .writer import build_cache, default_output
+from .writer import KEEP, build_cache, default_output
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -62,6 +62,24 @@ def _fail_usage(message: str) -> None:
     sys.exit(2)
 
 
+class _MaxSide(click.ParamType):
+    """A positive number of pixels, or ``none`` for full size."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str | None:
+        if isinstance(value, int) or value is None:
+            return value
+        text = str(value).strip().lower()
+        if text == "keep":
+            return "keep"
+        if text in ("none", "full"):
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is not a positive number of pixels or 'none'", param, ctx)
+
+
 @click.command("build", context_settings=_CTX)
 @click.argument("src", type=click.Path(file_okay=False, path_type=str))
 @click.option(
@@ -73,17 +91,18 @@ def _fail_usage(message: str) -> None:
 )
 @click.option(
     "--max-side",
-    type=click.IntRange(min=1),
-    default=None,
+    type=_MaxSide(),
+    default="keep",
+    show_default=False,
     help="Downscale so the longest side is at most N pixels (never upscale); the scale "
-    "is recorded per image so polygons can follow. Default: full size.",
+    "is recorded per image so polygons can follow. 'none': full size. Default: the existing "
+    "cache's setting (an update never needs it again), full size for a new cache.",
 )
 @click.option(
     "--resample",
     type=click.Choice(sorted(RESAMPLE_FILTERS)),
-    default="bilinear",
-    show_default=True,
-    help="Filter used by --max-side.",
+    default=None,
+    help="Filter used by --max-side. Default: the existing cache's, bilinear for a new cache.",
 )
 @click.option(
     "-j",
@@ -95,7 +114,9 @@ def _fail_usage(message: str) -> None:
 @click.option(
     "--rebuild",
     is_flag=True,
-    help="Drop every record first (to change --max-side or --resample of an existing cache).",
+    help="Decode every image into a new cache beside the old one and swap it in when "
+    "complete: to change --max-side or --resample, or to replace a damaged cache. Keeps the "
+    "cache's settings unless new ones are given.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option(
@@ -117,32 +138,40 @@ def build_command(
     RGB uint8 (see docs/format.md for each mode's rule) and stored uncompressed, so a read
     needs no decode. Keys are the images' POSIX paths relative to SRC.
 
-    Re-running updates only new, changed and removed images; an interrupted build resumes.
-    A file that cannot be decoded never stops the build: it is reported with its reason,
-    recorded in the cache, and the exit status is 1.
+    Re-running updates only new, changed and removed images, with the cache's own
+    settings; an interrupted build resumes. One build writes a cache at a time: a second one
+    exits with status 2 naming the first. A file that cannot be decoded (or is not a regular
+    file, or has a name that is not UTF-8) never stops the build: it is reported with its
+    reason, recorded in the cache, and the exit status is 1.
+
+    \b
+    Exit status: 0 all stored, 1 some sources failed or the cache is damaged or the disk is
+    full (a re-run resumes), 2 usage error (bad arguments, other settings than the cache's
+    without --rebuild, another build running).
 
     \b
     Examples:
-      build-cache data/val                       # writes data/val.lmdb, full size
       build-cache data/train --max-side 1024     # capped at the training size
+      build-cache data/val                       # writes data/val.lmdb, full size
       build-cache data/val -o /fast/val.lmdb --json
+      build-cache data/val --rebuild             # replace a damaged cache, same settings
     """
     bar = _Bar(enabled=not (quiet or as_json), desc="decoding")
     try:
         result = build_cache(
             src,
             output,
-            max_side=max_side,
-            resample=resample,
+            max_side=KEEP if max_side == "keep" else max_side,
+            resample=KEEP if resample is None else resample,
             workers=workers,
             rebuild=rebuild,
             progress=bar,
         )
-    except (SettingsMismatchError, NotADirectoryError, ValueError) as e:
+    except (SettingsMismatchError, BuildLockedError, NotADirectoryError, ValueError) as e:
         bar.close()
         _fail_usage(str(e))
         return
-    except CacheError as e:
+    except (CacheError, OSError) as e:
         bar.close()
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
@@ -151,8 +180,11 @@ def build_command(
         _emit_json(result.as_dict())
     elif not quiet:
         rate = result.decoded / result.seconds if result.seconds else 0.0
+        cap = result.settings.get("max_side")
+        made = f"max side {cap}" if cap else "full size"
         click.echo(
-            f"{result.output}: {result.images} images, {_size(result.total_bytes)} of pixels "
+            f"{result.output}: {result.images} images ({made}), "
+            f"{_size(result.total_bytes)} of pixels "
             f"({result.added} added, {result.updated} updated, {result.unchanged} unchanged, "
             f"{result.removed} removed) in {result.seconds:.1f} s, {rate:.1f} images/s decoded",
             err=True,
@@ -203,9 +235,12 @@ def validate_command(
 ) -> None:
     """Prove that CACHE is intact and current.
 
-    Checks the format version, every record's metadata against its byte length, every pixel
-    checksum and the manifest's counts; with --source, stale entries; with --annotations, that
-    every annotated image is present. Images that failed at build time are warnings.
+    Checks that data.mdb is as long as LMDB needs, LMDB's own structure (with its offline
+    verifier), the format version, every record's metadata checksum and schema, that every
+    listed key can be read, every pixel length and checksum, and the manifest's counts; with
+    --source, stale entries; with --annotations, that every annotated image is present. Images
+    that failed at build time are warnings. A damaged cache always gives a report (each
+    problem names the database, the key and the fix), never a crash.
 
     Exit status: 0 healthy, 1 problems found, 2 usage error.
 
@@ -242,6 +277,9 @@ def validate_command(
     except (CacheNotFoundError, ValueError) as e:
         _fail_usage(str(e))
         return
+    except CacheError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
     finally:
         if bar is not None:
             bar.close()
@@ -272,17 +310,16 @@ def info_command(cache: str, as_json: bool) -> None:
     import os
 
     try:
-        reader = open_cache(cache)
+        with open_cache(cache) as reader:
+            manifest = dict(reader.manifest)
+            failures = reader.failures()
+            entries = len(reader)
     except CacheNotFoundError as e:
         _fail_usage(str(e))
         return
     except CacheError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
-    with reader:
-        manifest = dict(reader.manifest)
-        failures = reader.failures()
-        entries = len(reader)
     disk = sum(
         os.path.getsize(os.path.join(cache, name))
         for name in os.listdir(cache)

@@ -73,3 +73,53 @@ class ImageDecodeError(CacheError, ValueError):
         self.path = path
         self.reason = reason
         super().__init__(f"cannot decode '{path}': {reason}")
+
+
+class StoreDamagedError(CacheError, ValueError):
+    """The store's files are damaged below the record level (LMDB pages, a short file)."""
+
+
+class TruncatedStoreError(StoreDamagedError):
+    """``data.mdb`` is shorter than its own meta page says it must be (an interrupted copy)."""
+
+    def __init__(self, path: str, size: int, required: int) -> None:
+        self.path = path
+        self.size = size
+        self.required = required
+        super().__init__(
+            f"'{path}' is {size} bytes but its LMDB meta page needs at least {required} bytes: "
+            "the file is truncated (an interrupted copy?) or its meta page is damaged; copy the "
+            "store again, or rebuild it with 'build-cache SRC -o STORE --rebuild'"
+        )
+
+
+class BuildLockedError(CacheError, RuntimeError):
+    """Another ``build-cache`` is writing the same store."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"cache '{path}' is being written by {who} (build-cache); wait for it to finish "
+            "or stop it, then run again"
+        )
+
+
+class StaleCacheError(CacheError, ValueError):
+    """Source images changed after they were cached: the cache would serve old pixels."""
+
+    def __init__(self, path: str, keys: list[str], command: str) -> None:
+        self.path = path
+        self.keys = list(keys)
+        self.command = command
+        shown = ", ".join(repr(k) for k in self.keys[:5])
+        more = f" and {len(self.keys) - 5} more" if len(self.keys) > 5 else ""
+        super().__init__(
+            f"{len(self.keys)} source image(s) changed since cache '{path}' was built "
+            f"({shown}{more}): it would serve their old pixels; update it with '{command}'"
+        )
+
+
+class DiskFullError(CacheError, OSError):
+    """The device holding the store ran out of space while a build wrote it."""

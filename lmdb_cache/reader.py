@@ -1,41 +1,40 @@
 """Read-only access to a cache store, safe in DataLoader workers and across ranks.
 
 Each process opens its own LMDB environment on first use (the process id is checked on every
-access), so a reader created in the main process can be handed to ``fork``, ``spawn`` or
-``forkserver`` workers. Every process maps the same file, so all workers and ranks share one
-copy of the pixels in the page cache.
+access; see ``environment``), so a reader created in the main process can be handed to
+``fork``, ``spawn`` or ``forkserver`` workers. Every process maps the same file, so all
+workers and ranks share one copy of the pixels in the page cache.
 
-A reader reads from one snapshot (an LMDB read transaction) until :meth:`CacheReader.refresh`;
-a build updating the store meanwhile does not change what it sees.
+A reader reads from one snapshot (an LMDB read transaction). A snapshot pins the pages it can
+see: while it lives, a build updating the store cannot reuse them and the file grows. So a
+snapshot is renewed by :meth:`CacheReader.refresh`, and by itself on the next read once it is
+older than ``snapshot_seconds`` and no view handed out from it is alive.
 
-Fork: LMDB forbids using an environment in a child it did not open, and py-lmdb refuses to
-open one twice in a process. So just before a ``fork`` every reader of the process ends its
-snapshot (an aborted read transaction in the child would free the parent's reader slot); the
-child then closes the inherited environments, which own no transaction any more, and opens its
-own on first use. The parent takes a new snapshot on its next read.
+Fork: just before a ``fork`` every reader of the process ends its snapshot (closing an
+environment that still owns a read transaction in the child would free the parent's reader
+slot); the child then closes the inherited environments and opens its own on first use.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import threading
-import warnings
+import time
 import weakref
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
 import numpy as np
 
+from . import environment
 from .errors import (
     CacheError,
-    CacheNotFoundError,
     CorruptRecordError,
     MissingImageError,
     NotACacheError,
+    StoreDamagedError,
 )
 from .schema import (
     DB_FAILURES,
@@ -43,24 +42,18 @@ from .schema import (
     DB_META,
     DB_PIXELS,
     MANIFEST_KEY,
-    MAX_DBS,
-    MAX_READERS,
-    check_format,
-    check_manifest,
+    check_failure,
     check_meta,
     decode_key,
+    decode_manifest,
     encode_key,
-    unpack,
+    unseal,
 )
 
-# Handles inherited from a parent that could not be closed safely: kept referenced, never used.
-_ORPHANS: list[Any] = []
-# One environment per store path per process, shared by the readers of that path.
-_ENVS: dict[str, list[Any]] = {}  # realpath -> [env, number of readers, locked]
-_ENVS_PID = os.getpid()
-_ENVS_LOCK = threading.Lock()
 # Readers of this process, so a fork can end their snapshots first.
 _READERS: weakref.WeakSet[CacheReader] = weakref.WeakSet()
+
+DEFAULT_SNAPSHOT_SECONDS = 60.0
 
 
 def _before_fork() -> None:
@@ -68,82 +61,21 @@ def _before_fork() -> None:
         reader._end_snapshot()
 
 
-def _after_fork_in_child() -> None:
-    global _ENVS_PID
-    for env, *_ in _ENVS.values():
-        try:
-            env.close()  # owns no transaction (see _before_fork), so the parent is untouched
-        except Exception:
-            _ORPHANS.append(env)
-    _ENVS.clear()
-    _ENVS_PID = os.getpid()
-
-
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork)
 
 
-def _acquire_env(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:
-    """This process's environment for ``path`` (opened on first use) and whether it locks."""
-    global _ENVS_PID
-    real = os.path.realpath(path)
-    with _ENVS_LOCK:
-        if _ENVS_PID != os.getpid():
-            _ORPHANS.append(list(_ENVS.values()))
-            _ENVS.clear()
-            _ENVS_PID = os.getpid()
-        entry = _ENVS.get(real)
-        if entry is None:
-            env, locked = _open_env(path, lock)
-            entry = _ENVS[real] = [env, 0, locked]
-        entry[1] += 1
-        return entry[0], entry[2]
-
-
-def _release_env(path: str, env: lmdb.Environment) -> None:
-    real = os.path.realpath(path)
-    with _ENVS_LOCK:
-        entry = _ENVS.get(real)
-        if entry is None or entry[0] is not env:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _ENVS[real]
-            env.close()
-
-
-def _open_env(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:
-    if not os.path.exists(path):
-        raise CacheNotFoundError(
-            f"cache '{path}' does not exist; build it with 'build-cache SRC -o {path}'"
-        )
-    if not os.path.isfile(os.path.join(path, "data.mdb")):
-        raise NotACacheError(
-            f"'{path}' holds no LMDB store (no data.mdb); pass the folder build-cache wrote"
-        )
-    options: dict[str, Any] = dict(
-        readonly=True, subdir=True, max_dbs=MAX_DBS, max_readers=MAX_READERS, map_size=0
+def damaged(path: str, what: str, error: BaseException) -> StoreDamagedError:
+    """The error for an LMDB failure inside a store (a damaged page, a foreign layout)."""
+    return StoreDamagedError(
+        f"cache '{path}' is damaged: LMDB failed {what} ({type(error).__name__}: {error}); run "
+        f"'validate-cache {path}' for the full list, and rebuild it with 'build-cache SRC -o "
+        f"{path} --rebuild'"
     )
-    if lock is not False:
-        try:
-            return lmdb.open(path, lock=True, **options), True
-        except lmdb.Error as e:
-            denied = (errno.EROFS, errno.EACCES, errno.EPERM)
-            if (
-                lock is True
-                or getattr(e, "errno", None) not in denied
-                and not isinstance(e, lmdb.ReadonlyError)
-            ):
-                raise CacheError(f"cannot open cache '{path}': {e}") from e
-        warnings.warn(
-            f"cache '{path}' is on a read-only location: opened without LMDB's lock file, which "
-            "is only safe while no build-cache writes to it",
-            stacklevel=4,
-        )
-    try:
-        return lmdb.open(path, lock=False, **options), False
-    except lmdb.Error as e:
-        raise CacheError(f"cannot open cache '{path}': {e}") from e
+
+
+def _key_type_error(key: object) -> TypeError:
+    return TypeError(f"cache keys are str (relative POSIX paths), got {type(key).__name__}")
 
 
 @dataclass(frozen=True)
@@ -163,19 +95,37 @@ class Record:
     meta: dict[str, Any]
 
 
+@dataclass
+class _Snapshot:
+    txn: lmdb.Transaction
+    dbs: dict[bytes, Any]
+    manifest: dict[str, Any]
+    tracker: environment.ViewTracker
+    started: float
+    keys: list[str] | None = None
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class CacheReader:
     """A read-only, per-process, memory-mapped view of a cache store.
 
     ``reader[key]`` returns a :class:`Record` whose image is an owned, writable copy (one
     memcpy from the page cache). ``reader.view(key)`` returns a read-only array that points
-    into the mapped file (no copy); it stays valid until :meth:`refresh`, :meth:`close`, or a
-    ``fork`` of the process (DataLoader workers starting), which each end the snapshot.
+    into the mapped file (no copy); it shows this reader's snapshot until :meth:`refresh`,
+    :meth:`close` or a ``fork`` of the process (DataLoader workers starting). The mapping
+    stays open while a view lives, so a view never faults, but after those events it may show
+    newer bytes.
 
     A reader is not meant to be shared between threads; give each thread its own.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, lock: bool | None = None, verify: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock: bool | None = None,
+        verify: bool = False,
+        snapshot_seconds: float | None = DEFAULT_SNAPSHOT_SECONDS,
     ) -> None:
         """Open a store and check its format.
 
@@ -184,111 +134,194 @@ class CacheReader:
             lock: None (default) uses LMDB's lock file and falls back to lock-free reading
                 on a read-only filesystem; False never locks (only safe with no writer);
                 True always locks.
-            verify: Check each image's CRC-32 on read (costs one pass over its bytes).
+            verify: Check the store's LMDB structure when a process opens it, and each
+                image's CRC-32 on read (costs one pass over its bytes).
+            snapshot_seconds: Renew the snapshot on the next read once it is this old and no
+                view from it is alive, so a long-lived reader does not pin old pages while
+                the store is updated. None keeps it until :meth:`refresh`.
 
         Raises:
             CacheNotFoundError: nothing at ``path``.
             NotACacheError: ``path`` is not a store written by this package.
             FormatVersionError: another format version.
+            TruncatedStoreError: ``data.mdb`` is shorter than its meta page requires.
+            StoreDamagedError: the manifest or LMDB's pages are damaged.
         """
+        if snapshot_seconds is not None and snapshot_seconds < 0:
+            raise ValueError(f"snapshot_seconds must be >= 0 or None, got {snapshot_seconds}")
         self.path = os.fspath(path)
         self._lock = lock
         self.verify = verify
+        self.snapshot_seconds = snapshot_seconds
         self._pid: int | None = None
-        self._env: lmdb.Environment | None = None
-        self._txn: lmdb.Transaction | None = None
-        self._dbs: dict[bytes, Any] = {}
-        self._keys: list[str] | None = None
-        self._metas: dict[str, dict[str, Any]] = {}
-        self._manifest: dict[str, Any] | None = None
+        self._shared: environment.SharedEnv | None = None
+        self._snap: _Snapshot | None = None
         _READERS.add(self)
-        self._txn_for()
+        self._snapshot()
 
     # --- per-process opening ---------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_lock": self._lock, "verify": self.verify}
+        return {
+            "path": self.path,
+            "_lock": self._lock,
+            "verify": self.verify,
+            "snapshot_seconds": self.snapshot_seconds,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], lock=state["_lock"], verify=state["verify"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["path"],
+            lock=state["_lock"],
+            verify=state["verify"],
+            snapshot_seconds=state.get("snapshot_seconds", DEFAULT_SNAPSHOT_SECONDS),
+        )
 
-    def _txn_for(self) -> lmdb.Transaction:
-        if self._pid == os.getpid():
-            if self._txn is None:
-                self._begin()
-            return self._txn  # type: ignore[return-value]
-        # A new process (first use, or a fork/spawn child): the after-fork hook closed any
-        # inherited environment, so acquire this process's own.
-        self._pid = os.getpid()
-        self._env = self._txn = None
-        self._env, self.locked = _acquire_env(self.path, self._lock)
+    @property
+    def locked(self) -> bool:
+        """Whether this process reads with LMDB's lock file (False on read-only storage)."""
+        self._snapshot()
+        assert self._shared is not None
+        return self._shared.locked
+
+    def _snapshot(self) -> _Snapshot:
+        """The current snapshot, opened or renewed as needed (every read goes through here)."""
+        snap = self._snap
+        if snap is not None and self._pid == os.getpid():
+            if (
+                self.snapshot_seconds is None
+                or snap.tracker.live
+                or time.monotonic() - snap.started < self.snapshot_seconds
+            ):
+                return snap
+            self._end_snapshot()
+        elif self._pid != os.getpid():
+            # A new process (first use, or a fork/spawn child): the after-fork hook closed any
+            # inherited environment, so acquire this process's own.
+            self._pid = os.getpid()
+            self._shared = self._snap = None
+        return self._begin()
+
+    def _end_snapshot(self) -> None:
+        if self._pid == os.getpid() and self._snap is not None:
+            txn = self._snap.txn
+            self._snap = None
+            txn.abort()  # and drop the last reference: that frees the reader slot
+
+    def _begin(self) -> _Snapshot:
+        shared = self._shared
         try:
-            self._begin()
+            if shared is None or shared.identity != environment.file_identity(self.path):
+                # First use in this process, or the store was replaced on disk (a rebuild).
+                self._shared = None
+                if shared is not None:
+                    environment.release(shared)
+                shared = self._shared = environment.acquire(self.path, self._lock)
+                if self.verify:
+                    self._verify_structure(shared)
+            else:
+                environment.check_data_file(self.path)
+            txn = self._begin_txn(shared)
         except BaseException:
             self.close()
             raise
-        return self._txn  # type: ignore[return-value]
-
-    def _end_snapshot(self) -> None:
-        if self._pid == os.getpid() and self._txn is not None:
-            self._txn.abort()
-            self._txn = None
-
-    def _begin(self) -> None:
-        env = self._env
-        assert env is not None
         try:
-            txn = env.begin(buffers=True)
+            snap = self._open_snapshot(shared, txn)
+        except BaseException:
+            txn.abort()
+            self.close()
+            raise
+        self._snap = snap
+        return snap
+
+    def _verify_structure(self, shared: environment.SharedEnv) -> None:
+        if shared.verified:
+            return
+        # A read transaction pins the pages the check walks while a build commits.
+        with shared.env.begin():
+            problems = environment.structure_problems(self.path)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise StoreDamagedError(
+                f"cache '{self.path}' fails LMDB's structural check: "
+                + "; ".join(problems[:3])
+                + f"{more}; rebuild it with 'build-cache SRC -o {self.path} --rebuild'"
+            )
+        shared.verified = True
+
+    def _begin_txn(self, shared: environment.SharedEnv) -> lmdb.Transaction:
+        env = shared.env
+        try:
+            return env.begin(buffers=True)
         except lmdb.MapResizedError:
-            env.set_mapsize(0)  # a writer grew the map: adopt its size
-            txn = env.begin(buffers=True)
+            # Only a store larger than the reserved read map gets here.
+            if shared.readers > 1 or shared.views:
+                raise CacheError(
+                    f"cache '{self.path}' grew past this process's read map; other readers or "
+                    "views of it are open in this process, so it cannot be remapped under "
+                    "them: close them (or restart the process) and read again"
+                ) from None
+            env.set_mapsize(0)
+            return env.begin(buffers=True)
+        except lmdb.ReadersFullError:
+            env.reader_check()  # slots of dead processes
+            try:
+                return env.begin(buffers=True)
+            except lmdb.ReadersFullError as e:
+                raise CacheError(
+                    f"cache '{self.path}': all LMDB reader slots are held by live processes; "
+                    "fewer workers or readers, or close readers that are no longer used"
+                ) from e
+        except lmdb.Error as e:
+            raise damaged(self.path, "to begin a read transaction", e) from e
+
+    def _open_snapshot(self, shared: environment.SharedEnv, txn: lmdb.Transaction) -> _Snapshot:
         try:
             dbs = {
-                name: env.open_db(name, txn=txn, create=False)
+                name: shared.env.open_db(name, txn=txn, create=False)
                 for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
             }
+            raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
         except lmdb.NotFoundError:
-            txn.abort()
             raise NotACacheError(
                 f"'{self.path}' is an LMDB store without the image cache's databases; "
                 f"build one with 'build-cache SRC -o {self.path}'"
             ) from None
-        raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
-        try:
-            if raw is None:
-                raise NotACacheError(
-                    f"cache '{self.path}' has no manifest; rebuild it with build-cache"
-                )
-            manifest = unpack(raw)
-            check_format(manifest, self.path)
-            check_manifest(manifest)
-        except ValueError as e:
-            txn.abort()
-            if isinstance(e, CacheError):
-                raise
-            raise NotACacheError(f"cache '{self.path}' has an unreadable manifest: {e}") from e
-        except BaseException:
-            txn.abort()
-            raise
-        self._txn, self._dbs, self._manifest = txn, dbs, manifest
-        self._keys = None
-        self._metas = {}
+        except lmdb.IncompatibleError:
+            raise NotACacheError(
+                f"'{self.path}' is an LMDB store whose databases were made with other flags "
+                f"than an image cache's; build one with 'build-cache SRC -o {self.path}'"
+            ) from None
+        except lmdb.Error as e:
+            raise damaged(self.path, "to open its databases", e) from e
+        if raw is None:
+            raise NotACacheError(
+                f"cache '{self.path}' has no manifest; rebuild it with 'build-cache SRC -o "
+                f"{self.path} --rebuild'"
+            )
+        manifest = decode_manifest(raw, self.path)
+        return _Snapshot(
+            txn, dbs, manifest, environment.ViewTracker(shared), started=time.monotonic()
+        )
 
     def refresh(self) -> None:
-        """Move to the newest committed state of the store.
+        """Move to the newest committed state of the store (a rebuilt store included).
 
-        Arrays returned by :meth:`view` before the call must not be used after it.
+        Arrays returned by :meth:`view` before the call may show newer bytes after it.
         """
         self._end_snapshot()
-        self._txn_for()
+        self._snapshot()
 
     def close(self) -> None:
-        """Release this process's handles (views die with them). Safe to call twice."""
+        """Release this process's handles. Safe to call twice.
+
+        The mapping stays open while views from this reader live, so they never fault.
+        """
         if self._pid == os.getpid():
             self._end_snapshot()
-            if self._env is not None:
-                _release_env(self.path, self._env)
-        self._env = self._txn = None
+            if self._shared is not None:
+                environment.release(self._shared)
+        self._shared = self._snap = None
         self._pid = None
 
     def __enter__(self) -> CacheReader:
@@ -308,9 +341,7 @@ class CacheReader:
     @property
     def manifest(self) -> dict[str, Any]:
         """The store's manifest (format, settings, counts) as of this reader's snapshot."""
-        self._txn_for()
-        assert self._manifest is not None
-        return self._manifest
+        return self._snapshot().manifest
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -318,16 +349,23 @@ class CacheReader:
         return self.manifest["settings"]
 
     def keys(self) -> list[str]:
-        """All image keys, sorted."""
-        txn = self._txn_for()
-        if self._keys is None:
-            cursor = txn.cursor(db=self._dbs[DB_META])
-            self._keys = [decode_key(k) for k in cursor.iternext(keys=True, values=False)]
-        return self._keys
+        """All image keys, sorted.
+
+        Raises:
+            StoreDamagedError: LMDB cannot walk the metadata database.
+        """
+        snap = self._snapshot()
+        if snap.keys is None:
+            try:
+                cursor = snap.txn.cursor(db=snap.dbs[DB_META])
+                snap.keys = [decode_key(k) for k in cursor.iternext(keys=True, values=False)]
+            except lmdb.Error as e:
+                raise damaged(self.path, "to list the keys", e) from e
+        return snap.keys
 
     def __len__(self) -> int:
-        txn = self._txn_for()
-        return int(txn.stat(self._dbs[DB_META])["entries"])
+        snap = self._snapshot()
+        return int(snap.txn.stat(snap.dbs[DB_META])["entries"])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -339,57 +377,92 @@ class CacheReader:
             ekey = encode_key(key)
         except ValueError:
             return False
-        return self._txn_for().get(ekey, db=self._dbs[DB_META]) is not None
+        snap = self._snapshot()
+        try:
+            return snap.txn.get(ekey, db=snap.dbs[DB_META]) is not None
+        except lmdb.Error as e:
+            raise damaged(self.path, f"to look up {key!r}", e) from e
 
     def failures(self) -> list[tuple[str, str]]:
-        """``(key, reason)`` for each source the last build could not store."""
-        txn = self._txn_for()
+        """``(key, reason)`` for each source the last build could not store.
+
+        Raises:
+            StoreDamagedError: an entry fails its checksum or the schema, or LMDB cannot walk
+                the failures database.
+        """
+        snap = self._snapshot()
         out = []
-        for _, value in txn.cursor(db=self._dbs[DB_FAILURES]):
-            entry = unpack(value)
-            out.append((str(entry.get("key")), str(entry.get("reason"))))
+        try:
+            for raw_key, value in snap.txn.cursor(db=snap.dbs[DB_FAILURES]):
+                try:
+                    entry = check_failure(unseal(value, bytes(raw_key)))
+                except ValueError as e:
+                    raise StoreDamagedError(
+                        f"cache '{self.path}' has a damaged failures entry "
+                        f"{decode_key(raw_key)!r} ({e}); re-run 'build-cache SRC -o "
+                        f"{self.path}' to record it again"
+                    ) from e
+                out.append((entry["key"], entry["reason"]))
+        except lmdb.Error as e:
+            raise damaged(self.path, "to list the failed sources", e) from e
         return sorted(out)
 
     def meta(self, key: str) -> dict[str, Any]:
         """The metadata of one image without touching its pixels.
 
         Raises:
+            TypeError: ``key`` is not a str.
             MissingImageError: (a ``KeyError``) no such key.
-            CorruptRecordError: the metadata does not pass the schema.
+            CorruptRecordError: the metadata fails its checksum or the schema.
         """
-        txn = self._txn_for()
-        cached = self._metas.get(key)
-        if cached is not None:
-            return cached
+        if not isinstance(key, str):
+            raise _key_type_error(key)
+        snap = self._snapshot()
+        return snap.metas.get(key) or self._load_meta(snap, key)
+
+    def _load_meta(self, snap: _Snapshot, key: str) -> dict[str, Any]:
         try:
             ekey = encode_key(key)
         except ValueError:
             raise MissingImageError(key, self.path) from None
-        raw = txn.get(ekey, db=self._dbs[DB_META])
+        try:
+            raw = snap.txn.get(ekey, db=snap.dbs[DB_META])
+        except lmdb.Error as e:
+            raise CorruptRecordError(key, f"LMDB cannot read its metadata ({e})", self.path) from e
         if raw is None:
             raise MissingImageError(key, self.path)
         try:
-            meta = check_meta(unpack(raw))
+            meta = check_meta(unseal(raw, ekey))
         except ValueError as e:
-            raise CorruptRecordError(key, str(e), self.path) from e
-        self._metas[key] = meta
+            raise CorruptRecordError(key, f"metadata: {e}", self.path) from e
+        snap.metas[key] = meta
         return meta
 
     def view(self, key: str) -> Record:
         """The image as a read-only array over the mapped file: no copy, no decode.
 
-        The array is valid until :meth:`refresh` or :meth:`close` of this reader, or the next
-        ``fork`` of the process.
+        The array shows this reader's snapshot until :meth:`refresh` or :meth:`close` of this
+        reader, or the next ``fork`` of the process; while it lives, the snapshot is not
+        renewed by itself.
 
         Raises:
+            TypeError: ``key`` is not a str.
             MissingImageError: (a ``KeyError``) no such key.
             CorruptRecordError: metadata and pixel bytes disagree, or (with ``verify``) the
                 checksum does not match.
         """
-        meta = self.meta(key)
-        buf = self._txn_for().get(encode_key(key), db=self._dbs[DB_PIXELS])
+        if not isinstance(key, str):
+            raise _key_type_error(key)
+        snap = self._snapshot()
+        meta = snap.metas.get(key) or self._load_meta(snap, key)
+        try:
+            buf = snap.txn.get(encode_key(key), db=snap.dbs[DB_PIXELS])
+        except lmdb.Error as e:
+            raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
         if buf is None:
             raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
+        # The length is checked before any byte is touched: a damaged length must not send a
+        # read past the data.
         if len(buf) != meta["nbytes"]:
             raise CorruptRecordError(
                 key,
@@ -399,13 +472,15 @@ class CacheReader:
             )
         if self.verify and zlib.crc32(buf) != meta["checksum"]:
             raise CorruptRecordError(key, "pixel checksum mismatch", self.path)
-        image = np.frombuffer(buf, dtype=np.uint8).reshape(meta["height"], meta["width"], 3)
-        return Record(key=key, image=image, meta=meta)
+        flat = np.frombuffer(buf, dtype=np.uint8)
+        snap.tracker.track(flat)  # every view and slice made from it keeps it alive
+        return Record(key=key, image=flat.reshape(meta["height"], meta["width"], 3), meta=meta)
 
     def __getitem__(self, key: str) -> Record:
         """The image as an owned, writable array (one copy out of the page cache).
 
         Raises:
+            TypeError: ``key`` is not a str.
             MissingImageError: (a ``KeyError``) no such key.
             CorruptRecordError: see :meth:`view`.
         """
@@ -424,9 +499,24 @@ class CacheReader:
     def __repr__(self) -> str:
         return f"CacheReader({self.path!r})"
 
+    # --- raw access for validate ------------------------------------------------------------
+
+    def _raw_cursor(self, db: bytes) -> Iterator[tuple[bytes, Any]]:
+        snap = self._snapshot()
+        for raw_key, value in snap.txn.cursor(db=snap.dbs[db]):
+            yield bytes(raw_key), value
+
+    def _raw_get(self, db: bytes, key: bytes) -> Any:
+        snap = self._snapshot()
+        return snap.txn.get(key, db=snap.dbs[db])
+
 
 def open_cache(
-    path: str | os.PathLike[str], *, lock: bool | None = None, verify: bool = False
+    path: str | os.PathLike[str],
+    *,
+    lock: bool | None = None,
+    verify: bool = False,
+    snapshot_seconds: float | None = DEFAULT_SNAPSHOT_SECONDS,
 ) -> CacheReader:
     """Open a cache store for reading. See :class:`CacheReader` for the arguments."""
-    return CacheReader(path, lock=lock, verify=verify)
+    return CacheReader(path, lock=lock, verify=verify, snapshot_seconds=snapshot_seconds)

@@ -1,29 +1,33 @@
 """On-disk schema: database names, keys, msgpack records and the format version.
 
-See ``docs/format.md`` for the prose version of this module. Everything read from a store goes
-through :func:`unpack` (bounded msgpack, no extension types, no pickle) and the ``check_*``
-functions, so a crafted store can raise an error but never run code or make the reader
-allocate more than the bytes the store really holds.
+See ``docs/format.md`` for the prose version of this module. Every msgpack value of a store is
+*sealed*: followed by a CRC-32 of the value's key and its bytes (:func:`seal`), so a flipped
+byte in metadata, the manifest or a failure entry is detected, not believed. Everything read
+goes through :func:`unseal` (checksum, bounded msgpack, no extension types, no pickle) and the
+``check_*`` functions, so a crafted store can raise an error but never run code or make the
+reader allocate more than the bytes the store really holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import struct
+import zlib
 from typing import Any
 
 import msgpack
 
-from .errors import FormatVersionError, NotACacheError
+from .errors import FormatVersionError, NotACacheError, StoreDamagedError
 
 FORMAT_NAME = "lmdb-image-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Named LMDB databases inside the environment.
 DB_MANIFEST = b"manifest"  # one key, MANIFEST_KEY -> manifest map
 DB_META = b"meta"  # image key -> record metadata map
 DB_PIXELS = b"pixels"  # image key -> raw HxWx3 uint8 bytes, row-major
-DB_FAILURES = b"failures"  # source key -> {"reason": str} for sources that failed to decode
+DB_FAILURES = b"failures"  # source key -> {"key": str, "reason": str}: sources not stored
 MAX_DBS = 8
 # Reader slots in the lock file; set by whoever creates it, so writer and readers agree.
 MAX_READERS = 2048
@@ -91,6 +95,33 @@ def encode_key(key: str) -> bytes:
     return data
 
 
+def key_problem(key: str) -> str | None:
+    """Why a source path cannot be an image key, or None when it can.
+
+    Keys are UTF-8 strings (the names annotation files use), at most 511 bytes.
+    """
+    try:
+        data = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            "the file name is not valid UTF-8, so no annotation file can name it; rename it "
+            "to UTF-8"
+        )
+    if not data:
+        return "an image key cannot be empty"
+    if len(data) > MAX_KEY_BYTES:
+        return (
+            f"path is {len(data)} bytes in UTF-8, over LMDB's {MAX_KEY_BYTES}-byte key limit; "
+            "shorten the folder or file names"
+        )
+    return None
+
+
+def display_key(key: str) -> str:
+    """A key as text that can always be printed and stored (undecodable bytes as ``\\xNN``)."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def failure_key(key: str) -> bytes:
     """The key of a source in the failures database.
 
@@ -112,29 +143,84 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+_SEAL = struct.Struct("<I")
+SEAL_BYTES = _SEAL.size
+# Types a plain msgpack document decodes to; anything else (a Timestamp, which msgpack decodes
+# natively without asking ext_hook) is refused.
+_PLAIN = (str, int, float, bool, bytes, type(None))
+_MAX_NESTING = 8
+
+
 def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not part of this format")
+
+
+def _check_plain(obj: Any, depth: int = 0) -> None:
+    if isinstance(obj, _PLAIN):
+        return
+    if depth >= _MAX_NESTING:
+        raise ValueError(f"nested deeper than {_MAX_NESTING} levels")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_plain(key, depth + 1)
+            _check_plain(value, depth + 1)
+    elif isinstance(obj, list):
+        for value in obj:
+            _check_plain(value, depth + 1)
+    else:
+        raise ValueError(f"holds a {type(obj).__name__}, which is not part of this format")
 
 
 def unpack(data: bytes | memoryview, limit: int = MAX_RECORD_BYTES) -> Any:
     """Deserialize a record with bounded sizes and no extension types.
 
     Raises:
-        ValueError: the bytes are not a small, plain msgpack document.
+        ValueError: the bytes are not a small, plain msgpack document; the message is never
+            empty.
     """
     if len(data) > limit:
         raise ValueError(f"record is {len(data)} bytes, over the {limit}-byte limit")
     try:
-        return msgpack.unpackb(
+        obj = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
             ext_hook=_no_ext,
         )
-    except ValueError:
-        raise
     except Exception as e:  # msgpack raises several unrelated types for bad input
-        raise ValueError(f"not valid msgpack ({type(e).__name__}: {e})") from e
+        detail = str(e) or "no detail"
+        if isinstance(e, ValueError) and str(e).startswith("msgpack extension type"):
+            raise
+        raise ValueError(f"not valid msgpack ({type(e).__name__}: {detail})") from e
+    _check_plain(obj)
+    return obj
+
+
+def seal(obj: Any, key: bytes) -> bytes:
+    """msgpack ``obj`` and append a CRC-32 of ``key`` and those bytes (4 bytes, little-endian).
+
+    Binding the key means a value moved or copied under another key fails its check too.
+    """
+    payload = pack(obj)
+    return payload + _SEAL.pack(zlib.crc32(payload, zlib.crc32(key)))
+
+
+def unseal(data: bytes | memoryview, key: bytes, limit: int = MAX_RECORD_BYTES) -> Any:
+    """The inverse of :func:`seal`: check the CRC-32 first, then :func:`unpack`.
+
+    Raises:
+        ValueError: the checksum does not match (a flipped byte, a value written by something
+            else) or the payload is not a plain msgpack document.
+    """
+    if len(data) > limit + SEAL_BYTES:
+        raise ValueError(f"record is {len(data)} bytes, over the {limit}-byte limit")
+    if len(data) <= SEAL_BYTES:
+        raise ValueError(f"record is {len(data)} bytes, too short to hold a sealed value")
+    payload = bytes(data[:-SEAL_BYTES])
+    (stored,) = _SEAL.unpack(bytes(data[-SEAL_BYTES:]))
+    if zlib.crc32(payload, zlib.crc32(key)) != stored:
+        raise ValueError("checksum mismatch (the value was damaged or not written by build-cache)")
+    return unpack(payload, limit)
 
 
 def _check_fields(record: Any, fields: dict[str, type | tuple[type, ...]], what: str) -> dict:
@@ -183,6 +269,15 @@ def check_meta(meta: Any) -> dict:
     return meta
 
 
+def check_failure(entry: Any) -> dict:
+    """Check an entry of the failures database: ``{"key": str, "reason": str}``.
+
+    Raises:
+        ValueError: not a map, or a field is missing or not a string.
+    """
+    return _check_fields(entry, {"key": str, "reason": str}, "failure entry")
+
+
 def check_manifest(manifest: Any) -> dict:
     """Check a manifest's fields and types (the format version is checked by the reader).
 
@@ -196,6 +291,9 @@ def check_manifest(manifest: Any) -> dict:
         raise ValueError(f"manifest settings.max_side={max_side!r} is not a positive integer")
     if not isinstance(settings.get("resample"), str):
         raise ValueError("manifest settings.resample is missing or not a string")
+    for name in ("images", "failed", "total_bytes"):
+        if manifest[name] < 0:
+            raise ValueError(f"manifest {name}={manifest[name]} is negative")
     return manifest
 
 
@@ -213,3 +311,38 @@ def check_format(manifest: Any, path: str) -> None:
         )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise FormatVersionError(path, manifest.get("format_version"), FORMAT_VERSION)
+
+
+def decode_manifest(raw: bytes | memoryview, path: str) -> dict:
+    """Check and decode a store's manifest value.
+
+    A version-1 manifest (plain msgpack, no seal) is recognised so that the error is the
+    format version, not damage.
+
+    Raises:
+        FormatVersionError: another format version.
+        NotACacheError: a manifest that names another format.
+        StoreDamagedError: the manifest fails its checksum or the schema.
+    """
+    try:
+        manifest = unseal(raw, MANIFEST_KEY)
+    except ValueError as e:
+        try:
+            plain = unpack(raw)
+        except ValueError:
+            plain = None
+        if isinstance(plain, dict) and plain.get("format_version") != FORMAT_VERSION:
+            check_format(plain, path)
+        raise StoreDamagedError(
+            f"cache '{path}' has a damaged manifest ({e}); rebuild it with 'build-cache SRC -o "
+            f"{path} --rebuild --max-side N' (N: the cap it had, or 'none')"
+        ) from e
+    check_format(manifest, path)
+    try:
+        return check_manifest(manifest)
+    except ValueError as e:
+        raise StoreDamagedError(
+            f"cache '{path}' has a manifest that does not pass the schema ({e}); rebuild it "
+            f"with 'build-cache SRC -o {path} --rebuild --max-side N' (N: the cap it had, or "
+            "'none')"
+        ) from e

@@ -1,10 +1,19 @@
-"""Prove a cache is intact and current. Returns a report; never prints.
+"""Prove a cache is intact and current. Returns a report; never prints, never dies.
 
-Checks, in order: the format and version; that the last build finished; every record's
-metadata against the schema and against its pixel byte length; every pixel checksum; that the
-manifest's counts agree with the records. With a source folder: entries that are stale
-(changed, missing or new sources; a source recorded as failed at build time is a warning, not
-a problem). With an annotation file: that every annotated image is in the cache.
+Checks, in order:
+
+1. the files: ``data.mdb`` as long as its meta pages require (a short file is reported, never
+   mapped);
+2. LMDB's structure, with LMDB's own offline verifier (``lmdb.verify``: plain reads, no
+   mapping), while a read snapshot pins the pages it walks;
+3. the records: the format and version, that the last build finished, every record's metadata
+   checksum and schema, that every key a database lists can also be looked up, every pixel
+   length and checksum, every failure entry, and the manifest's counts. Every LMDB error met is
+   a problem naming the database and key. When step 2 found damage, this walk runs in a child
+   process: if the damage faults it, the report says so and the caller lives on;
+4. with a source folder: stale entries (changed, missing or new sources; a source recorded as
+   failed at build time is a warning, not a problem); with an annotation file: that every
+   annotated image is in the cache.
 """
 
 from __future__ import annotations
@@ -12,16 +21,38 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CacheError, CacheNotFoundError
-from .images import scan_images
+import lmdb
+
+from . import environment
+from .environment import check_data_file, meta_state, structure_problems
+from .errors import (
+    CacheError,
+    CacheNotFoundError,
+    FormatVersionError,
+    ImageDecodeError,
+    NotACacheError,
+    TruncatedStoreError,
+)
+from .images import read_source, scan_images
+from .isolated import ChildCrashed, call_isolated
 from .reader import CacheReader
-from .schema import DB_META, DB_PIXELS, check_meta, decode_key, unpack
+from .schema import (
+    DB_FAILURES,
+    DB_META,
+    DB_PIXELS,
+    check_failure,
+    check_meta,
+    decode_key,
+    display_key,
+    unseal,
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +139,7 @@ def validate_cache(
         progress: Called with (bytes checked, bytes to check) while checksumming.
 
     Returns:
-        A :class:`ValidationReport`.
+        A :class:`ValidationReport`. A damaged store gives problems, never an exception.
 
     Raises:
         CacheNotFoundError: nothing at ``path``.
@@ -123,107 +154,299 @@ def validate_cache(
         raise ValueError(
             f"source '{source}' is not a folder; pass the folder the cache was built from"
         )
+    fixes = _Fixes(path, os.fspath(source) if source is not None else None)
     try:
-        reader = CacheReader(path)
+        check_data_file(path)
     except CacheNotFoundError:
         raise
+    except TruncatedStoreError as e:
+        report.problem("truncated", None, str(e))
+        return report
     except CacheError as e:
         report.problem("format", None, str(e))
         return report
-    with reader:
-        report.manifest = reader.manifest
-        metas = _check_records(reader, report, checksums, progress)
-        _check_manifest(reader, report, metas)
-        failures = dict(reader.failures())
-        for key, reason in failures.items():
-            report.warn("build-failure", key, f"{key}: failed at build time: {reason}")
-        if source is not None:
-            report.source = os.fspath(source)
-            _check_source(Path(source), path, metas, failures, report)
-        if annotated is not None:
-            for key in annotated:
-                if key in metas:
-                    continue
-                why = f" (failed at build time: {failures[key]})" if key in failures else ""
-                report.problem(
-                    "not-cached",
-                    key,
-                    f"{key}: annotated in '{annotations}' but not in the cache{why}",
-                )
+    structure = _structure(path)
+    for problem in structure:
+        report.problem("lmdb-structure", None, f"LMDB structure: {problem}; {fixes.rebuild}")
+    if structure:
+        try:
+            walk = call_isolated(_walk, path, checksums, progress)
+        except (ChildCrashed, RuntimeError) as e:
+            report.problem(
+                "unreadable",
+                None,
+                f"reading the records of the damaged store failed ({e}); {fixes.rebuild}",
+            )
+            return report
+    else:
+        walk = _walk(path, checksums, progress)
+    _merge(report, walk, fixes)
+    if report.manifest is None:
+        return report
+    failures = walk["failures"]
+    metas = walk["metas"]
+    if source is not None:
+        report.source = os.fspath(source)
+        _check_source(Path(source), path, metas, failures, report, fixes)
+    if annotated is not None:
+        for key in annotated:
+            if key in metas:
+                continue
+            why = f" (failed at build time: {failures[key]})" if key in failures else ""
+            report.problem(
+                "not-cached", key, f"{key}: annotated in '{annotations}' but not in the cache{why}"
+            )
     return report
 
 
-def _check_records(
-    reader: CacheReader,
-    report: ValidationReport,
-    checksums: bool,
-    progress: ProgressFn | None,
-) -> dict[str, dict[str, Any]]:
-    txn = reader._txn_for()
-    meta_db, pixel_db = reader._dbs[DB_META], reader._dbs[DB_PIXELS]
-    metas: dict[str, dict[str, Any]] = {}
-    for raw_key, raw in txn.cursor(db=meta_db):
-        key = decode_key(raw_key)
+class _Fixes:
+    """The commands a finding tells the user to run, with the real paths where known."""
+
+    def __init__(self, path: str, source: str | None) -> None:
+        self.path = path
+        self.source = source or "SRC"
+
+    def learn_source(self, manifest: dict[str, Any]) -> None:
+        if self.source == "SRC" and manifest.get("source_root"):
+            self.source = manifest["source_root"]
+
+    @property
+    def update(self) -> str:
+        return f"run 'build-cache {self.source} -o {self.path}' to update it"
+
+    @property
+    def rebuild(self) -> str:
+        return f"rebuild it with 'build-cache {self.source} -o {self.path} --rebuild'"
+
+
+def _structure(path: str) -> list[str]:
+    """LMDB's structural findings, taken while a snapshot pins the pages the check walks.
+
+    A build committing during the check could still make it see a half-written state; a
+    finding is kept only if it holds on a check during which no commit happened.
+    """
+    data_file = os.path.join(path, "data.mdb")
+    problems: list[str] = []
+    for _ in range(3):
+        before = meta_state(data_file)[2]
         try:
-            metas[key] = check_meta(unpack(raw))
-        except ValueError as e:
-            report.problem("corrupt-meta", key, f"{key}: metadata is corrupt: {e}")
-            metas[key] = {}
-    total = sum(m.get("nbytes", 0) for m in metas.values())
-    done = 0
-    for raw_key, buf in txn.cursor(db=pixel_db):
+            shared = environment.acquire(path, None)
+        except CacheError:
+            shared = None
+        try:
+            if shared is not None:
+                with shared.env.begin():
+                    problems = structure_problems(path)
+            else:
+                problems = structure_problems(path)
+        except lmdb.Error:
+            problems = structure_problems(path)
+        finally:
+            if shared is not None:
+                environment.release(shared)
+        if not problems or meta_state(data_file)[2] == before:
+            return problems
+        time.sleep(0.1)
+    return problems
+
+
+def _walk(path: str, checksums: bool, progress: ProgressFn | None) -> dict[str, Any]:
+    """Check every record; returns plain data (it may run in a child process)."""
+    out: dict[str, Any] = {
+        "problems": [],
+        "warnings": [],
+        "manifest": None,
+        "metas": {},
+        "failures": {},
+        "images": 0,
+        "checked_bytes": 0,
+    }
+    try:
+        reader = CacheReader(path, snapshot_seconds=None)
+    except CacheNotFoundError:
+        raise
+    except CacheError as e:
+        kind = "format" if isinstance(e, (NotACacheError, FormatVersionError)) else "damaged"
+        out["problems"].append([kind, None, str(e)])
+        return out
+    with reader:
+        out["manifest"] = dict(reader.manifest)
+        _RecordWalk(reader, checksums, progress, out).run()
+    return out
+
+
+class _RecordWalk:
+    """The record checks of :func:`_walk`, one step per method."""
+
+    def __init__(
+        self,
+        reader: CacheReader,
+        checksums: bool,
+        progress: ProgressFn | None,
+        out: dict[str, Any],
+    ) -> None:
+        self.reader = reader
+        self.checksums = checksums
+        self.progress = progress
+        self.out = out
+        self.metas: dict[str, dict[str, Any]] = {}
+
+    def problem(self, kind: str, key: str | None, message: str) -> None:
+        self.out["problems"].append([kind, key, message])
+
+    def run(self) -> None:
+        meta_keys = self._list(DB_META)
+        pixel_keys = self._list(DB_PIXELS)
+        for raw_key in sorted(meta_keys):
+            self._check_meta(raw_key)
+        total = sum(m.get("nbytes", 0) for m in self.metas.values())
+        done = 0
+        for raw_key in sorted(meta_keys | pixel_keys):
+            done += self._check_pixels(raw_key, raw_key in pixel_keys)
+            if self.progress is not None and done:
+                self.progress(done, total)
+        self.out["checked_bytes"] = done if self.checksums else 0
+        self.out["images"] = len(self.metas)
+        self._check_failures()
+        self._check_manifest()
+        self.out["metas"] = {
+            key: {n: m[n] for n in ("source_size", "source_mtime_ns", "source_sha256")} if m else {}
+            for key, m in self.metas.items()
+        }
+
+    def _list(self, db: bytes) -> set[bytes]:
+        keys: set[bytes] = set()
+        last: bytes | None = None
+        try:
+            snap = self.reader._snapshot()
+            for raw_key in snap.txn.cursor(db=snap.dbs[db]).iternext(keys=True, values=False):
+                last = bytes(raw_key)
+                keys.add(last)
+        except lmdb.Error as e:
+            after = f" after key {decode_key(last)!r}" if last is not None else ""
+            self.problem(
+                "unreadable",
+                None,
+                f"database '{db.decode()}': LMDB failed while listing its keys{after} "
+                f"({type(e).__name__}: {e}); every key past that point is unchecked",
+            )
+        return keys
+
+    def _get(self, db: bytes, raw_key: bytes) -> tuple[Any, str | None]:
+        try:
+            return self.reader._raw_get(db, raw_key), None
+        except lmdb.Error as e:
+            return None, f"{type(e).__name__}: {e}"
+
+    def _check_meta(self, raw_key: bytes) -> None:
         key = decode_key(raw_key)
-        meta = metas.get(key)
+        raw, error = self._get(DB_META, raw_key)
+        if raw is None:
+            why = error or "listed by the database but not found by a lookup (a damaged page)"
+            self.problem("unreadable", key, f"{key}: database 'meta' cannot read it: {why}")
+            self.metas[key] = {}
+            return
+        try:
+            self.metas[key] = check_meta(unseal(raw, raw_key))
+        except ValueError as e:
+            self.problem("corrupt-meta", key, f"{key}: metadata is corrupt: {e}")
+            self.metas[key] = {}
+
+    def _check_pixels(self, raw_key: bytes, listed: bool) -> int:
+        """Check one record's pixels; returns the bytes checked."""
+        key = decode_key(raw_key)
+        meta = self.metas.get(key)
+        buf, error = self._get(DB_PIXELS, raw_key) if listed or meta else (None, None)
+        if buf is None and (listed or error):
+            why = error or "listed by the database but not found by a lookup (a damaged page)"
+            self.problem("unreadable", key, f"{key}: database 'pixels' cannot read it: {why}")
+            if meta:
+                self.metas[key] = {}
+            return 0
         if meta is None:
-            report.problem("orphan-pixels", key, f"{key}: pixel data without metadata")
-            continue
+            self.problem("orphan-pixels", key, f"{key}: pixel data without metadata")
+            return 0
         if not meta:
-            continue
-        if len(buf) != meta["nbytes"]:
-            report.problem(
+            return 0  # its metadata is already a problem
+        if buf is None:
+            self.problem("missing-pixels", key, f"{key}: metadata without pixel data")
+            return 0
+        if len(buf) != meta["nbytes"]:  # checked before a byte is read
+            self.problem(
                 "size-mismatch",
                 key,
                 f"{key}: pixel data is {len(buf)} bytes, metadata says "
                 f"{meta['width']}x{meta['height']}x3={meta['nbytes']}",
             )
-            metas[key] = {}  # its size is unknown: reported once, left out of the totals
-            continue
-        if checksums and zlib.crc32(buf) != meta["checksum"]:
-            report.problem("checksum", key, f"{key}: pixel checksum mismatch (data corrupted)")
-        meta["_has_pixels"] = True
-        done += len(buf)
-        if progress is not None:
-            progress(done, total)
-    report.checked_bytes = done if checksums else 0
-    for key, meta in metas.items():
-        if meta and not meta.pop("_has_pixels", False):
-            report.problem("missing-pixels", key, f"{key}: metadata without pixel data")
-    report.images = len(metas)
-    return metas
+            self.metas[key] = {}  # its size is unknown: reported once, left out of the totals
+            return 0
+        if self.checksums and zlib.crc32(buf) != meta["checksum"]:
+            self.problem("checksum", key, f"{key}: pixel checksum mismatch (data corrupted)")
+        return len(buf)
+
+    def _check_failures(self) -> None:
+        failures: dict[str, str] = {}
+        for raw_key in sorted(self._list(DB_FAILURES)):
+            value, error = self._get(DB_FAILURES, raw_key)
+            name = display_key(decode_key(raw_key))
+            if value is None:
+                why = error or "listed by the database but not found by a lookup"
+                message = f"{name}: database 'failures' cannot read it: {why}"
+                self.problem("unreadable", name, message)
+                continue
+            try:
+                entry = check_failure(unseal(value, raw_key))
+            except ValueError as e:
+                self.problem("corrupt-failure", name, f"{name}: failure entry is corrupt: {e}")
+                continue
+            failures[entry["key"]] = entry["reason"]
+        self.out["failures"] = failures
+        for key, reason in sorted(failures.items()):
+            self.out["warnings"].append(
+                ["build-failure", key, f"{key}: failed at build time: {reason}"]
+            )
+
+    def _check_manifest(self) -> None:
+        manifest = self.out["manifest"]
+        if not manifest["complete"]:
+            self.problem("incomplete", None, "the last build did not finish; {update}")
+        metas = self.metas.values()
+        total = sum(m.get("nbytes", 0) for m in metas)
+        if any(not m for m in metas):
+            total = manifest["total_bytes"]  # unknown: damaged records are reported on their own
+        if manifest["images"] != len(self.metas) or manifest["total_bytes"] != total:
+            self.problem(
+                "manifest-mismatch",
+                None,
+                f"manifest says {manifest['images']} images / {manifest['total_bytes']} bytes, "
+                f"the store holds {len(self.metas)} / {total}; {{update}}",
+            )
+        failed = len(self.out["failures"])
+        if manifest["failed"] != failed:
+            self.problem(
+                "manifest-mismatch",
+                None,
+                f"manifest says {manifest['failed']} failed sources, the store lists {failed}; "
+                "{update}",
+            )
 
 
-def _check_manifest(reader: CacheReader, report: ValidationReport, metas: dict[str, dict]) -> None:
-    manifest = reader.manifest
-    fix = f"re-run 'build-cache SRC -o {reader.path}' to finish it"
-    if not manifest["complete"]:
-        report.problem("incomplete", None, f"the last build did not finish; {fix}")
-    total = sum(m.get("nbytes", 0) for m in metas.values())
-    if any(not m for m in metas.values()):
-        total = manifest["total_bytes"]  # unknown: corrupt records are reported on their own
-    if manifest["images"] != len(metas) or manifest["total_bytes"] != total:
-        report.problem(
-            "manifest-mismatch",
-            None,
-            f"manifest says {manifest['images']} images / {manifest['total_bytes']} bytes, "
-            f"the store holds {len(metas)} / {total}; {fix}",
-        )
-    failed = len(reader.failures())
-    if manifest["failed"] != failed:
-        report.problem(
-            "manifest-mismatch",
-            None,
-            f"manifest says {manifest['failed']} failed sources, the store lists {failed}; {fix}",
-        )
+def _merge(report: ValidationReport, walk: dict[str, Any], fixes: _Fixes) -> None:
+    """Fold the walk's plain data into the report, with the fixes spelled out."""
+    report.manifest = walk["manifest"]
+    if report.manifest is not None:
+        fixes.learn_source(report.manifest)
+    record_kinds = {"unreadable", "corrupt-meta", "checksum", "size-mismatch", "orphan-pixels",
+                    "missing-pixels", "corrupt-failure"}  # fmt: skip
+    for kind, key, message in walk["problems"]:
+        message = message.replace("{update}", fixes.update)
+        if kind in record_kinds:
+            message = f"{message}; {fixes.rebuild}"
+        report.problem(kind, key, message)
+    for kind, key, message in walk["warnings"]:
+        report.warn(kind, key, message)
+    report.images = walk["images"]
+    report.checked_bytes = walk["checked_bytes"]
 
 
 def _check_source(
@@ -232,15 +455,15 @@ def _check_source(
     metas: dict[str, dict[str, Any]],
     failures: dict[str, str],
     report: ValidationReport,
+    fixes: _Fixes,
 ) -> None:
-    fix = f"run 'build-cache {source} -o {cache_path}' to update"
-    present = set(scan_images(source, exclude=cache_path))
+    present = {display_key(k) for k in scan_images(source, exclude=cache_path)}
     for key, meta in metas.items():
         if not meta:
             continue
         if key not in present:
             report.problem(
-                "stale-missing", key, f"{key}: cached but no longer in the source; {fix}"
+                "stale-missing", key, f"{key}: cached but no longer in the source; {fixes.update}"
             )
             continue
         file = source / key
@@ -248,20 +471,24 @@ def _check_source(
             st = file.stat()
         except OSError as e:
             report.problem(
-                "stale-unreadable", key, f"{key}: source unreadable ({e.strerror}); {fix}"
+                "stale-unreadable", key, f"{key}: source unreadable ({e.strerror}); {fixes.update}"
             )
             continue
         if st.st_size == meta["source_size"] and st.st_mtime_ns == meta["source_mtime_ns"]:
             continue
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        try:
+            digest = hashlib.sha256(read_source(file)[0]).hexdigest()
+        except ImageDecodeError as e:
+            report.problem("stale-unreadable", key, f"{key}: source {e.reason}; {fixes.update}")
+            continue
         if digest != meta["source_sha256"]:
-            report.problem(
-                "stale-changed", key, f"{key}: the source changed since it was cached; {fix}"
-            )
+            message = f"{key}: the source changed since it was cached; {fixes.update}"
+            report.problem("stale-changed", key, message)
     for key in sorted(present - metas.keys()):
         if key in failures:
             continue  # already a warning
-        report.problem("stale-new", key, f"{key}: in the source but not in the cache; {fix}")
+        message = f"{key}: in the source but not in the cache; {fixes.update}"
+        report.problem("stale-new", key, message)
 
 
 def _annotated_keys(annotations: str | os.PathLike[str]) -> list[str]:

@@ -1,33 +1,39 @@
 """Build or update a cache store from a folder of images.
 
-One process writes; a pool of worker processes reads, hashes and decodes the sources. Writes
-are grouped into transactions of bounded size. Each transaction holds whole records (metadata
-and pixels together) plus a manifest that agrees with them, so a build killed at any moment
-leaves the last committed state: every record whole, the manifest marked incomplete, and a
-re-run resumes from there. Readers of the store keep their own snapshot meanwhile (LMDB MVCC).
+One process writes; a pool of worker processes reads, hashes and decodes the sources
+(``decoding``). Writes are grouped into transactions of bounded size. Each transaction holds
+whole records (metadata and pixels together) plus a manifest that agrees with them, so a build
+killed at any moment leaves the last committed state: every record whole, the manifest marked
+incomplete, and a re-run resumes from there. Readers of the store keep their own snapshot
+meanwhile (LMDB MVCC).
+
+One build at a time: a build holds the store's build lock (``locking``) from before it reads
+the store's settings to its last commit. An update keeps the store's ``max_side`` and
+``resample`` unless others are given (which needs ``rebuild``). A rebuild writes a new store
+beside the old one and swaps it in when complete (``store.replace_store``), so it works on a
+damaged store, and an interrupted rebuild leaves the old store as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 import multiprocessing.pool
 import os
-import sys
 import time
-import zlib
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import lmdb
 import PIL
 
 from . import __version__
-from .errors import ImageDecodeError, NotACacheError, SettingsMismatchError
-from .images import decode_bytes, resample_filter, scan_images
+from .decoding import run_tasks, start_pool
+from .environment import check_data_file
+from .errors import DiskFullError, NotACacheError, SettingsMismatchError
+from .images import resample_filter, scan_images
+from .isolated import ChildCrashed, call_isolated
+from .locking import BuildLock
 from .schema import (
     CHECKSUM_ALGORITHM,
     DB_FAILURES,
@@ -37,14 +43,38 @@ from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_KEY,
-    PIXEL_CHANNELS,
-    check_format,
+    MAX_DBS,
     check_manifest,
+    check_meta,
+    decode_key,
+    decode_manifest,
+    display_key,
     encode_key,
     failure_key,
-    pack,
+    key_problem,
+    seal,
+    unpack,
+    unseal,
 )
-from .store import WriteStore
+from .store import (
+    WriteStore,
+    existing_entries,
+    rebuild_dir,
+    remove_stale_rebuilds,
+    remove_store_dir,
+    replace_store,
+    store_exists,
+)
+
+
+class _Keep:
+    """The default of ``max_side`` and ``resample``: the store's own setting."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
 
 
 class Progress(Protocol):
@@ -77,6 +107,7 @@ class BuildResult:
         failures: ``(key, reason)`` for each source that could not be stored.
         images: Records in the store at the end.
         total_bytes: Pixel bytes in the store at the end.
+        settings: ``max_side`` and ``resample`` the store's pixels are made with.
         seconds: Wall time of the build.
         warnings: Notes that do not make the build fail.
     """
@@ -90,6 +121,7 @@ class BuildResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     images: int = 0
     total_bytes: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -107,6 +139,8 @@ class BuildResult:
             "ok": self.ok,
             "images": self.images,
             "total_bytes": self.total_bytes,
+            "max_side": self.settings.get("max_side"),
+            "resample": self.settings.get("resample"),
             "added": self.added,
             "updated": self.updated,
             "touched": self.touched,
@@ -130,102 +164,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# --- work done in the decoding processes ------------------------------------------------------
-
-
-def _decode_task(
-    root: str, key: str, max_side: int | None, resample: str, known_sha256: str | None
-) -> tuple[Any, ...]:
-    """Read, fingerprint and decode one source; runs in a worker process.
-
-    Returns ``("ok", key, meta, pixels)``, ``("same", key, fingerprint)`` when the content hash
-    equals ``known_sha256``, or ``("fail", key, reason)``.
-    """
-    path = os.path.join(root, key)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
-    except OSError as e:
-        return ("fail", key, f"unreadable: {e.strerror or e}")
-    fingerprint = {
-        "source_size": len(data),
-        "source_mtime_ns": st.st_mtime_ns,
-        "source_sha256": hashlib.sha256(data).hexdigest(),
-    }
-    if known_sha256 is not None and fingerprint["source_sha256"] == known_sha256:
-        return ("same", key, fingerprint)
-    try:
-        decoded = decode_bytes(data, path, max_side=max_side, resample=resample)
-    except ImageDecodeError as e:
-        return ("fail", key, e.reason)
-    except MemoryError:
-        return ("fail", key, "out of memory while decoding; lower --workers or set --max-side")
-    pixels = decoded.pixels
-    canonical_w, canonical_h = decoded.canonical_size
-    meta = {
-        "width": decoded.width,
-        "height": decoded.height,
-        "channels": PIXEL_CHANNELS,
-        "nbytes": int(pixels.nbytes),
-        "raw_width": decoded.raw_width,
-        "raw_height": decoded.raw_height,
-        "orientation": decoded.orientation,
-        "scale": max(decoded.width, decoded.height) / max(canonical_w, canonical_h),
-        "scale_x": decoded.width / canonical_w,
-        "scale_y": decoded.height / canonical_h,
-        "mode": decoded.mode,
-        "format": decoded.format,
-        **fingerprint,
-        "checksum": zlib.crc32(pixels.data),
-    }
-    return ("ok", key, meta, pixels)
-
-
-def _start_pool(workers: int) -> multiprocessing.pool.Pool | None:
-    """Start the decoding processes, before the store is opened so none inherits it.
-
-    On Linux they are forked: they start at once, need no re-import of the caller's main
-    module (spawn would, and fails for scripts without a main guard), and the build has opened
-    no LMDB environment yet. Elsewhere they are spawned.
-    """
-    if workers <= 1:
-        return None
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
-
-
-def _run_tasks(
-    tasks: list[tuple[str, str | None]],
-    root: str,
-    max_side: int | None,
-    resample: str,
-    pool: multiprocessing.pool.Pool | None,
-    workers: int,
-) -> Iterator[tuple[Any, ...]]:
-    """Decode ``(key, known_sha256)`` tasks, yielding results in task order.
-
-    At most ``2 * workers`` results are in flight, so memory stays bounded however large the
-    set is and however slow the writer.
-    """
-    if pool is None:
-        for key, sha in tasks:
-            yield _decode_task(root, key, max_side, resample, sha)
-        return
-    window: deque[multiprocessing.pool.AsyncResult] = deque()
-    pending = iter(tasks)
-    for key, sha in pending:
-        window.append(pool.apply_async(_decode_task, (root, key, max_side, resample, sha)))
-        if len(window) >= 2 * workers:
-            break
-    while window:
-        yield window.popleft().get()
-        for key, sha in pending:
-            window.append(pool.apply_async(_decode_task, (root, key, max_side, resample, sha)))
-            break
-
-
-# --- the store ---------------------------------------------------------------------------------
+def _check_arguments(max_side: Any, resample: Any, workers: int) -> None:
+    if resample is not KEEP:
+        resample_filter(resample)  # raises ValueError naming the choices
+    if max_side is not KEEP and max_side is not None:
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+            raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
 
 
 def _check_output(output: str, source: str) -> None:
@@ -234,13 +180,11 @@ def _check_output(output: str, source: str) -> None:
         raise NotACacheError(
             f"output '{output}' exists and is not a cache folder; choose another -o"
         )
-    if out.is_dir():
-        entries = {p.name for p in out.iterdir()}
-        if entries and "data.mdb" not in entries:
-            raise NotACacheError(
-                f"output '{output}' is a folder that holds no cache (no data.mdb); "
-                "choose another -o or remove it"
-            )
+    if out.is_dir() and existing_entries(output) and not store_exists(output):
+        raise NotACacheError(
+            f"output '{output}' is a folder that holds no cache (no data.mdb); "
+            "choose another -o or remove it"
+        )
     if os.path.realpath(output) == os.path.realpath(source):
         raise ValueError("the output must not be the source folder itself; pass -o elsewhere")
 
@@ -249,8 +193,8 @@ def build_cache(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
     *,
-    max_side: int | None = None,
-    resample: str = "bilinear",
+    max_side: int | None = KEEP,
+    resample: str = KEEP,
     workers: int | None = None,
     rebuild: bool = False,
     commit_bytes: int = 256 << 20,
@@ -262,10 +206,13 @@ def build_cache(
     Args:
         source: Folder scanned recursively for images; keys are paths relative to it.
         output: Store path (a folder); defaults to ``<source>.lmdb``.
-        max_side: Longest-side cap; None stores full size. Images are never upscaled.
-        resample: Filter for the cap, one of ``images.RESAMPLE_FILTERS``.
+        max_side: Longest-side cap, or None for full size. Default (``KEEP``): the existing
+            store's cap, full size for a new store. Images are never upscaled.
+        resample: Filter for the cap, one of ``images.RESAMPLE_FILTERS``. Default (``KEEP``):
+            the existing store's, ``"bilinear"`` for a new store.
         workers: Decoding processes; defaults to the number of CPUs. 1 decodes in-process.
-        rebuild: Drop every record first, e.g. to change ``max_side`` of an existing store.
+        rebuild: Build a new store from every source and put it in place of the existing one
+            once complete: to change ``max_side``/``resample``, or to replace a damaged store.
         commit_bytes: A transaction is committed once it holds this many pixel bytes...
         commit_images: ...or this many images, whichever comes first.
         progress: Receives the number of sources to process and each one done.
@@ -276,81 +223,177 @@ def build_cache(
     Raises:
         ValueError: bad arguments (unknown filter, non-positive cap, output is the source).
         NotADirectoryError: ``source`` is not a folder.
-        SettingsMismatchError: the store exists with other settings and ``rebuild`` is False.
+        SettingsMismatchError: settings other than the store's without ``rebuild``, or a
+            rebuild of a store whose settings cannot be read without giving ``max_side``.
+        BuildLockedError: another build is writing the store.
         FormatVersionError, NotACacheError: the output is not a store this version updates.
+        TruncatedStoreError, StoreDamagedError: the store is damaged (``rebuild`` replaces it).
+        DiskFullError: the device ran out of space; a re-run resumes.
     """
     started = time.perf_counter()
     source = os.fspath(source)
     output = os.fspath(output) if output is not None else default_output(source)
-    resample_filter(resample)  # raises ValueError naming the choices
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be a positive integer, got {max_side}")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    progress = progress or _NoProgress()
+    workers = os.cpu_count() or 1 if workers is None else workers
+    _check_arguments(max_side, resample, workers)
     if not Path(source).is_dir():
         raise NotADirectoryError(f"source '{source}' is not a folder; pass the folder of images")
     _check_output(output, source)
-
     keys = scan_images(source, exclude=output)
-    settings = {
-        "max_side": max_side,
-        "resample": resample,
-        "pillow_version": PIL.__version__,
-        "checksum": CHECKSUM_ALGORITHM,
-    }
     result = BuildResult(output=output)
-    pool = _start_pool(workers)
+    pool = start_pool(workers)
     try:
-        store = WriteStore(output)
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        raise
-    try:
-        manifest = _prepare_manifest(store, source, output, settings, rebuild, result)
-        _update(
-            store,
-            source,
-            keys,
-            settings,
-            manifest,
-            pool,
-            workers,
-            commit_bytes,
-            commit_images,
-            progress,
-            result,
-        )
+        with BuildLock(output):
+            remove_stale_rebuilds(output)
+            _build_locked(
+                source, output, keys, (max_side, resample), rebuild, pool, workers,
+                (commit_bytes, commit_images), progress or _NoProgress(), result,
+            )  # fmt: skip
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-        store.close()
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _prepare_manifest(
-    store: WriteStore, source: str, output: str, settings: dict, rebuild: bool, result: BuildResult
-) -> dict:
-    existing = store.manifest()
-    if existing is not None and rebuild:
-        store.clear()
-        existing = None
-    if existing is not None:
-        check_format(existing, output)
-        check_manifest(existing)
-        old = existing["settings"]
+def _build_locked(
+    source: str,
+    output: str,
+    keys: list[str],
+    asked: tuple[Any, Any],
+    rebuild: bool,
+    pool: multiprocessing.pool.Pool | None,
+    workers: int,
+    batch: tuple[int, int],
+    progress: Progress,
+    result: BuildResult,
+) -> None:
+    """The build proper, with the store's build lock held."""
+    existing: dict | None = None
+    store: WriteStore | None = None
+    replacing = rebuild and store_exists(output)
+    if replacing:
+        stored = _stored_settings(output)
+    elif store_exists(output):
+        store = WriteStore(output)  # refuses a truncated or structurally damaged store
+        try:
+            raw = store.get(DB_MANIFEST, MANIFEST_KEY)
+            existing = None if raw is None else decode_manifest(raw, output)
+        except BaseException:
+            store.close()
+            raise
+        stored = existing["settings"] if existing else None
+    else:
+        stored = None
+    try:
+        settings = _settings(asked, stored, rebuild, replacing, output, result)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    target = rebuild_dir(output) if replacing else output
+    if store is None:
+        store = WriteStore(target)
+    result.settings = settings
+    try:
+        manifest = _start_manifest(store, source, output, settings, existing, result)
+        _update(store, source, keys, settings, manifest, pool, workers, batch, progress, result)
+    except BaseException:
+        store.close()
+        if replacing:
+            remove_store_dir(target)
+        raise
+    store.close()
+    if replacing:
+        result.warnings += replace_store(target, output)
+
+
+def _stored_settings(output: str) -> dict | None:
+    """The settings of the store at ``output``, or None if they cannot be read.
+
+    The store may be damaged in any way (that is why it is rebuilt), so LMDB reads its
+    manifest in a child process: a fault there costs only the child.
+    """
+    try:
+        raw = call_isolated(_read_manifest_bytes, output)
+    except (ChildCrashed, RuntimeError):
+        return None
+    if raw is None:
+        return None
+    try:
+        manifest = check_manifest(unseal(raw, MANIFEST_KEY))
+    except ValueError:
+        try:  # a manifest of format version 1 (no seal)
+            manifest = check_manifest(unpack(raw))
+        except ValueError:
+            return None
+    return dict(manifest["settings"])
+
+
+def _read_manifest_bytes(output: str) -> bytes | None:
+    check_data_file(output)
+    env = lmdb.open(output, readonly=True, lock=False, subdir=True, max_dbs=MAX_DBS)
+    with env.begin() as txn:
+        raw = txn.get(MANIFEST_KEY, db=env.open_db(DB_MANIFEST, txn=txn, create=False))
+        return None if raw is None else bytes(raw)
+
+
+def _settings(
+    asked: tuple[Any, Any],
+    stored: dict | None,
+    rebuild: bool,
+    replacing: bool,
+    output: str,
+    result: BuildResult,
+) -> dict[str, Any]:
+    """The settings of this build: those asked, the store's for those not asked."""
+    max_side, resample = asked
+    if stored is None and replacing and max_side is KEEP:
+        raise SettingsMismatchError(
+            f"the settings of cache '{output}' cannot be read (its manifest is damaged), so "
+            "the rebuild cannot keep them: give them, e.g. 'build-cache SRC -o "
+            f"{output} --rebuild --max-side 640' (or '--max-side none' for full size)"
+        )
+    if stored is None:
+        if replacing and resample is KEEP:
+            result.warnings.append(
+                f"the settings of cache '{output}' could not be read: resampling with "
+                "'bilinear' (pass --resample to choose)"
+            )
+        chosen = {
+            "max_side": None if max_side is KEEP else max_side,
+            "resample": "bilinear" if resample is KEEP else resample,
+        }
+    else:
+        chosen = {
+            "max_side": stored.get("max_side") if max_side is KEEP else max_side,
+            "resample": stored.get("resample") if resample is KEEP else resample,
+        }
         for name in ("max_side", "resample"):
-            if old.get(name) != settings[name]:
+            if not rebuild and chosen[name] != stored.get(name):
                 raise SettingsMismatchError(
-                    f"cache '{output}' was built with {name}={old.get(name)!r}, this build asks "
-                    f"{name}={settings[name]!r}; add --rebuild to rebuild it with the new "
-                    "settings, or write to another -o"
+                    f"cache '{output}' was built with {name}={stored.get(name)!r}, this build "
+                    f"asks {name}={chosen[name]!r}; add --rebuild to rebuild it with the new "
+                    "settings, or leave the option out to keep the cache's"
                 )
+    return {
+        **chosen,
+        "pillow_version": PIL.__version__,
+        "checksum": CHECKSUM_ALGORITHM,
+    }
+
+
+def _start_manifest(
+    store: WriteStore,
+    source: str,
+    output: str,
+    settings: dict,
+    existing: dict | None,
+    result: BuildResult,
+) -> dict:
+    """The manifest this build maintains, written now with ``complete: false``."""
+    if existing is not None:
+        old = existing["settings"]
         if old.get("pillow_version") != settings["pillow_version"]:
             result.warnings.append(
                 f"the cache holds images decoded with Pillow {old.get('pillow_version')}; new "
@@ -375,8 +418,109 @@ def _prepare_manifest(
             "total_bytes": 0,
         }
     manifest.update(complete=False, source_root=os.path.realpath(source), updated=_now())
-    store.write([(DB_MANIFEST, MANIFEST_KEY, pack(manifest))], 0)
+    store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
     return manifest
+
+
+class _Batch:
+    """Pending writes and the counts the manifest states, committed together."""
+
+    def __init__(self, store: WriteStore, manifest: dict, failed: set[bytes]) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.sizes: dict[str, int] = {}  # key -> pixel bytes of every record the store holds
+        self.failed = failed  # keys of the failures database (LMDB bytes) after these ops
+        self.reasons: dict[str, str] = {}  # this build's failures
+        self.ops: list[tuple[bytes, bytes, bytes | None]] = []
+        self.bytes = 0
+        self.images = 0
+        self.committed_images = 0
+
+    def fail(self, key: str, reason: str) -> None:
+        fkey = failure_key(key)
+        entry = {"key": display_key(key), "reason": reason}
+        self.ops.append((DB_FAILURES, fkey, seal(entry, fkey)))
+        self.failed.add(fkey)
+        self.reasons[key] = reason
+
+    def succeed(self, key: str) -> None:
+        fkey = failure_key(key)
+        self.ops.append((DB_FAILURES, fkey, None))
+        self.failed.discard(fkey)
+        self.reasons.pop(key, None)
+
+    def commit(self, final: bool = False) -> None:
+        self.manifest.update(
+            images=len(self.sizes),
+            total_bytes=sum(self.sizes.values()),
+            failed=len(self.failed),
+            complete=final,
+            updated=_now(),
+        )
+        self.ops.append((DB_MANIFEST, MANIFEST_KEY, seal(self.manifest, MANIFEST_KEY)))
+        try:
+            self.store.write(self.ops, self.bytes)
+        except DiskFullError as e:
+            raise DiskFullError(
+                f"{e}; {self.committed_images} images are stored and committed, nothing is "
+                "damaged: free some space (or build elsewhere with -o) and re-run the same "
+                "command, it resumes from there"
+            ) from e
+        self.committed_images = len(self.sizes)
+        self.ops.clear()
+        self.bytes = self.images = 0
+
+
+def _stored_records(store: WriteStore) -> tuple[dict[str, dict], set[bytes], set[bytes]]:
+    """What a store holds: valid metadata by key, every record key, every failure key.
+
+    A record whose metadata fails its check is left out of the first, so it is decoded again.
+    """
+    metas = {}
+    for raw_key, value in store.read_all(DB_META):
+        try:
+            metas[decode_key(raw_key)] = check_meta(unseal(value, raw_key))
+        except ValueError:
+            continue
+    records = set(store.keys(DB_META)) | set(store.keys(DB_PIXELS))
+    return metas, records, set(store.keys(DB_FAILURES))
+
+
+def _plan(
+    store: WriteStore, source: str, keys: list[str], batch: _Batch, result: BuildResult
+) -> tuple[dict[str, dict], list[tuple[str, str | None]]]:
+    """Queue what is known before decoding (removals, unusable names); return the records
+    the store keeps and the sources to decode."""
+    metas, records, failed = _stored_records(store)
+    wanted = {k.encode("utf-8", "surrogateescape") for k in keys}
+    for ekey in sorted(records - wanted):
+        batch.ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
+        result.removed += decode_key(ekey) in metas
+    for fkey in sorted(failed - {failure_key(k) for k in keys}):
+        batch.ops.append((DB_FAILURES, fkey, None))
+        failed.discard(fkey)
+    batch.failed = failed
+    metas = {key: meta for key, meta in metas.items() if key.encode() in wanted}
+    batch.sizes = {key: meta["nbytes"] for key, meta in metas.items()}
+    batch.committed_images = len(batch.sizes)
+    tasks: list[tuple[str, str | None]] = []
+    for key in keys:
+        problem = key_problem(key)
+        if problem is not None:
+            batch.fail(key, problem)
+            continue
+        meta = metas.get(key)
+        if meta is not None:
+            try:
+                st = os.stat(os.path.join(source, key))
+            except OSError as e:
+                batch.fail(key, f"unreadable: {e.strerror or e}")
+                continue
+            if (st.st_size, st.st_mtime_ns) == (meta["source_size"], meta["source_mtime_ns"]):
+                result.unchanged += 1
+                continue
+        tasks.append((key, meta["source_sha256"] if meta else None))
+    return metas, tasks
 
 
 def _update(
@@ -387,69 +531,14 @@ def _update(
     manifest: dict,
     pool: multiprocessing.pool.Pool | None,
     workers: int,
-    commit_bytes: int,
-    commit_images: int,
+    limits: tuple[int, int],
     progress: Progress,
     result: BuildResult,
 ) -> None:
-    metas = {k.decode("utf-8", "surrogateescape"): v for k, v in store.read_all(DB_META).items()}
-    old_failures = {v["key"] for v in store.read_all(DB_FAILURES).values()}
-    sizes = {key: int(meta.get("nbytes", 0)) for key, meta in metas.items()}
-    failures: dict[str, str] = {}
-    # Keys the failures database holds at each commit, so the manifest's count agrees with it.
-    failed_keys = old_failures & set(keys)
-
-    ops: list[tuple[bytes, bytes, bytes | None]] = []
-    wanted = set(keys)
-    for key in sorted(set(metas) - wanted):
-        ekey = encode_key(key)
-        ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
-        sizes.pop(key, None)
-        result.removed += 1
-    for key in sorted(old_failures - wanted):
-        ops.append((DB_FAILURES, failure_key(key), None))
-
-    tasks: list[tuple[str, str | None]] = []
-    for key in keys:
-        try:
-            encode_key(key)
-        except ValueError as e:
-            failures[key] = str(e)
-            failed_keys.add(key)
-            continue
-        meta = metas.get(key)
-        if meta is not None:
-            try:
-                st = os.stat(os.path.join(source, key))
-            except OSError as e:
-                failures[key] = f"unreadable: {e.strerror or e}"
-                failed_keys.add(key)
-                continue
-            if st.st_size == meta.get("source_size") and st.st_mtime_ns == meta.get(
-                "source_mtime_ns"
-            ):
-                result.unchanged += 1
-                continue
-        tasks.append((key, meta.get("source_sha256") if meta else None))
-
-    def commit(final: bool = False) -> None:
-        manifest["images"] = len(sizes)
-        manifest["total_bytes"] = sum(sizes.values())
-        manifest["failed"] = len(failed_keys)
-        manifest["complete"] = final
-        manifest["updated"] = _now()
-        ops.append((DB_MANIFEST, MANIFEST_KEY, pack(manifest)))
-        store.write(ops, pending_bytes)
-        ops.clear()
-
+    batch = _Batch(store, manifest, set())
+    metas, tasks = _plan(store, source, keys, batch, result)
     progress.start(len(tasks))
-    pending_bytes = 0
-    pending_images = 0
-    for key, reason in failures.items():
-        ops.append((DB_FAILURES, failure_key(key), pack({"key": key, "reason": reason})))
-    for outcome in _run_tasks(
-        tasks, source, settings["max_side"], settings["resample"], pool, workers
-    ):
+    for outcome in run_tasks(tasks, source, settings, pool, workers):
         status, key = outcome[0], outcome[1]
         ekey = encode_key(key)  # tasks hold only keys that encode
         if status == "ok":
@@ -458,37 +547,28 @@ def _update(
                 result.updated += 1
             else:
                 result.added += 1
-            ops += [
-                (DB_PIXELS, ekey, pixels.data),
-                (DB_META, ekey, pack(meta)),
-                (DB_FAILURES, failure_key(key), None),
-            ]
-            sizes[key] = meta["nbytes"]
+            batch.ops += [(DB_PIXELS, ekey, pixels.data), (DB_META, ekey, seal(meta, ekey))]
+            batch.succeed(key)
+            batch.sizes[key] = meta["nbytes"]
             metas[key] = meta
-            failures.pop(key, None)
-            failed_keys.discard(key)
-            pending_bytes += meta["nbytes"]
+            batch.bytes += meta["nbytes"]
         elif status == "same":
             meta = {**metas[key], **outcome[2]}
             metas[key] = meta
-            ops.append((DB_META, ekey, pack(meta)))
+            batch.ops.append((DB_META, ekey, seal(meta, ekey)))
             result.touched += 1
         else:
-            reason = outcome[2]
-            failures[key] = reason
-            failed_keys.add(key)
-            ops.append((DB_FAILURES, failure_key(key), pack({"key": key, "reason": reason})))
+            batch.fail(key, outcome[2])
             if key in metas:
                 # The source changed into something undecodable: its old pixels are stale.
-                ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
+                batch.ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
                 del metas[key]
-                sizes.pop(key, None)
-        pending_images += 1
+                batch.sizes.pop(key, None)
+        batch.images += 1
         progress.advance(key)
-        if pending_bytes >= commit_bytes or pending_images >= commit_images:
-            commit()
-            pending_bytes = pending_images = 0
-    commit(final=True)
-    result.failures = sorted(failures.items())
-    result.images = len(sizes)
-    result.total_bytes = sum(sizes.values())
+        if batch.bytes >= limits[0] or batch.images >= limits[1]:
+            batch.commit()
+    batch.commit(final=True)
+    result.failures = sorted((display_key(k), r) for k, r in batch.reasons.items())
+    result.images = len(batch.sizes)
+    result.total_bytes = sum(batch.sizes.values())

@@ -8,13 +8,16 @@ Every source yields the same upright RGB uint8 image for a key, because all thre
 same normalization (``lmdb_cache.images``) with the same ``max_side`` and ``resample``. A cache
 is accepted only if its settings reproduce that image: the same resampling filter, and a cap
 equal to the dataset's ``max_side`` (or no cap at all, in which case the dataset applies the
-cap itself exactly as ``build-cache`` would).
+cap itself exactly as ``build-cache`` would). It is also refused when annotated source images
+changed since it was built (size or mtime, see ``lmdb_cache.freshness``), since it would serve
+their old pixels; ``cache_stale: warn`` serves them with one warning instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lmdb_cache import CacheError, MissingImageError, open_cache
+from lmdb_cache.errors import StaleCacheError
+from lmdb_cache.freshness import changed_sources
 from lmdb_cache.images import cap_pixels, decode_file
 
 from .annotations import ImageAnnotation, load_annotations
@@ -122,6 +127,23 @@ class CacheSource:
     def check_keys(self, keys: list[str]) -> list[str]:
         return [key for key in keys if key not in self.reader]
 
+    def check_fresh(self, image_path: str | os.PathLike[str], keys: list[str]) -> None:
+        """Refuse a cache whose sources changed since it was built (see ``lmdb_cache.freshness``).
+
+        Raises:
+            StaleCacheError: naming the changed keys and the command that updates the cache.
+        """
+        changed = changed_sources(self.reader, image_path, keys)
+        if changed:
+            raise StaleCacheError(self.path, changed, self.update_command(image_path))
+
+    def update_command(self, image_path: str | os.PathLike[str]) -> str:
+        """The ``build-cache`` line that brings this cache up to date from ``image_path``.
+
+        No --max-side or --resample: an update keeps the store's own.
+        """
+        return f"build-cache {shlex.quote(os.fspath(image_path))} -o {shlex.quote(self.path)}"
+
     def load(self, key: str) -> LoadedImage:
         try:
             record = self.reader.view(key)
@@ -167,11 +189,21 @@ class OCRDataset(Dataset):
         preload_images: Decode every image at start-up (ignored when ``image_cache`` is set).
         cache_fallback: ``"error"`` (default) or ``"disk"``: what to do for an image that is
             not in the cache.
+        cache_stale: ``"error"`` (default) or ``"warn"``: what to do when annotated source
+            images in ``image_path`` differ (size or mtime) from the ones that were cached.
+            ``"warn"`` logs one warning and serves the cached (old) pixels.
         max_side: Longest-side cap applied to every source before the transform.
         resample: Filter of that cap.
         targets: A callable adding DBNet targets to a sample, or None.
         seed: Base seed of the random transforms; a sample's randomness depends only on
             (seed, epoch, index), so any number of workers gives the same batches.
+
+    Raises:
+        ValueError: a bad option value.
+        MissingImageError: an annotated image is not in the cache (``cache_fallback: error``).
+        StaleCacheError: annotated sources changed since the cache was built
+            (``cache_stale: error``).
+        CacheSettingsError: the cache cannot reproduce the configured pixels.
     """
 
     def __init__(
@@ -186,9 +218,12 @@ class OCRDataset(Dataset):
         resample: str = "bilinear",
         targets: Any = None,
         seed: int = 0,
+        cache_stale: str = "error",
     ) -> None:
         if cache_fallback not in ("error", "disk"):
             raise ValueError(f"cache_fallback must be 'error' or 'disk', got {cache_fallback!r}")
+        if cache_stale not in ("error", "warn"):
+            raise ValueError(f"cache_stale must be 'error' or 'warn', got {cache_stale!r}")
         target_size = getattr(transform, "size", None)
         if max_side is not None and target_size is not None and max_side < target_size:
             raise ValueError(
@@ -207,30 +242,52 @@ class OCRDataset(Dataset):
             self.source = CacheSource(
                 image_cache, max_side, resample, disk if cache_fallback == "disk" else None
             )
-            built_from = self.source.reader.manifest.get("source_root")
-            if built_from and built_from != os.path.realpath(image_path):
-                # Often a stale override (an image_cache left from another run); moved data
-                # is fine, so this warns and the key check below decides.
-                log.warning(
-                    "cache '%s' was built from '%s', the dataset's image_path is '%s'",
-                    self.source.path,
-                    built_from,
-                    image_path,
-                )
-            missing = self.source.check_keys(self.keys)
-            if missing and cache_fallback == "error":
-                raise MissingImageError(missing[0], self.source.path)
-            if missing:
-                log.warning(
-                    "%d annotated image(s) not in cache '%s' (first: %r); read from disk",
-                    len(missing),
-                    self.source.path,
-                    missing[0],
-                )
+            try:
+                self._check_cache(self.source, image_path, cache_fallback, cache_stale)
+            except BaseException:
+                # A refused cache is usually fixed next, often in this same process
+                # (build-cache), and LMDB will not open a store twice in one process.
+                self.source.reader.close()
+                raise
         elif preload_images:
             self.source = PreloadSource(disk, self.keys)
         else:
             self.source = disk
+
+    def _check_cache(
+        self,
+        source: CacheSource,
+        image_path: str | os.PathLike[str],
+        cache_fallback: str,
+        cache_stale: str,
+    ) -> None:
+        """The start-up checks of a cache source: its folder, missing keys, changed sources."""
+        built_from = source.reader.manifest.get("source_root")
+        if built_from and built_from != os.path.realpath(image_path):
+            # Often a stale override (an image_cache left from another run); moved data
+            # is fine, so this warns and the key and freshness checks below decide.
+            log.warning(
+                "cache '%s' was built from '%s', the dataset's image_path is '%s'",
+                source.path,
+                built_from,
+                image_path,
+            )
+        missing = source.check_keys(self.keys)
+        if missing and cache_fallback == "error":
+            raise MissingImageError(missing[0], source.path)
+        if missing:
+            log.warning(
+                "%d annotated image(s) not in cache '%s' (first: %r); read from disk",
+                len(missing),
+                source.path,
+                missing[0],
+            )
+        try:
+            source.check_fresh(image_path, self.keys)
+        except StaleCacheError as e:
+            if cache_stale == "error":
+                raise
+            log.warning("%s", e)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

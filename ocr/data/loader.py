@@ -39,6 +39,7 @@ def build_dataset(
         image_cache=dataset_cfg.get("image_cache"),
         preload_images=bool(dataset_cfg.get("preload_images", False)),
         cache_fallback=dataset_cfg.get("cache_fallback", "error"),
+        cache_stale=dataset_cfg.get("cache_stale", "error"),
         max_side=dataset_cfg.get("max_side"),
         resample=resample,
         targets=DBNetTargets(**targets_cfg) if targets_cfg is not None else None,

@@ -196,16 +196,15 @@ def test_info_json_is_one_document_on_stdout(tiny_cache):
     assert {k: doc[k] for k in fields} == {
         "path": str(tiny_cache),
         "format": "lmdb-image-cache",
-        "format_version": 1,
+        "format_version": 2,
         "complete": True,
         "images": 6,
         "entries": 6,
         "failures": [],
     }
     assert doc["settings"]["max_side"] is None
-    assert (
-        doc["file_bytes"]
-        == (tiny_cache / "data.mdb").stat().st_size + (tiny_cache / "lock.mdb").stat().st_size
+    assert doc["file_bytes"] == sum(
+        (tiny_cache / name).stat().st_size for name in ("data.mdb", "lock.mdb", "build.lock")
     )
 
 

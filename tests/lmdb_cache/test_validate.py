@@ -19,6 +19,7 @@ from lmdb_cache import (
     build_cache,
     open_cache,
 )
+from lmdb_cache.schema import seal
 from lmdb_cache.validate import validate_cache
 
 from .conftest import noisy_image, save_image
@@ -31,7 +32,8 @@ def problems(report) -> list[tuple[str, str | None]]:
 
 
 def put_raw(store: Path, db: bytes, key: bytes, value: bytes | None) -> None:
-    """Write (or delete, with None) one raw value into a named database, as an attacker could."""
+    """Write (or delete, with None) one raw value into a named database, as an attacker could
+    (one who also computes the value's seal with ``schema.seal`` where a test says so)."""
     env = lmdb.open(str(store), max_dbs=8)
     try:
         with env.begin(write=True) as txn:
@@ -235,7 +237,7 @@ def test_huge_size_in_metadata_is_reported(tiny_cache, side, kind):
         tiny_cache,
         b"meta",
         b"a.jpg",
-        msgpack.packb(_with_side(stored_meta(tiny_cache, "a.jpg"), side)),
+        seal(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
     found = [problem for problem in problems(validate_cache(tiny_cache)) if problem[1] == "a.jpg"]
     assert found == [(kind, "a.jpg")]
@@ -244,7 +246,7 @@ def test_huge_size_in_metadata_is_reported(tiny_cache, side, kind):
 def test_size_that_disagrees_with_the_bytes_is_reported_once(tiny_cache):
     meta = stored_meta(tiny_cache, "a.jpg")  # 120 x 80 in truth
     put_raw(
-        tiny_cache, b"meta", b"a.jpg", msgpack.packb({**meta, "width": 60, "nbytes": 60 * 80 * 3})
+        tiny_cache, b"meta", b"a.jpg", seal({**meta, "width": 60, "nbytes": 60 * 80 * 3}, b"a.jpg")
     )
     assert problems(validate_cache(tiny_cache)) == [("size-mismatch", "a.jpg")]
 
@@ -256,7 +258,7 @@ def test_huge_size_in_metadata_raises_corrupt_record(tiny_cache, side, access):
         tiny_cache,
         b"meta",
         b"a.jpg",
-        msgpack.packb(_with_side(stored_meta(tiny_cache, "a.jpg"), side)),
+        seal(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
     with open_cache(tiny_cache) as reader, pytest.raises(CorruptRecordError, match="'a.jpg'"):
         reader.view("a.jpg") if access == "view" else reader["a.jpg"]
@@ -268,7 +270,7 @@ def test_huge_size_in_metadata_allocates_nothing_large(tiny_cache, side):
         tiny_cache,
         b"meta",
         b"a.jpg",
-        msgpack.packb(_with_side(stored_meta(tiny_cache, "a.jpg"), side)),
+        seal(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
     tracemalloc.start()
     try:
@@ -326,7 +328,7 @@ def manifest_v99(tiny_cache):
 
 
 def test_other_format_version_fails_the_reader_with_the_fix(manifest_v99):
-    with pytest.raises(FormatVersionError, match="format 99, this version reads 1; rebuild"):
+    with pytest.raises(FormatVersionError, match="format 99, this version reads 2; rebuild"):
         open_cache(manifest_v99)
 
 

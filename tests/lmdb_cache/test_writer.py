@@ -19,8 +19,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from lmdb_cache import CacheError, SettingsMismatchError, build_cache, open_cache
+from lmdb_cache import decoding as decoding_module
 from lmdb_cache import store as store_module
-from lmdb_cache import writer as writer_module
 from lmdb_cache.validate import validate_cache
 
 from .conftest import noisy_image, save_image
@@ -212,7 +212,7 @@ def test_rerun_without_changes_decodes_nothing(tiny_images, tiny_cache, monkeypa
     def no_decode(*args, **kwargs):
         raise AssertionError("an unchanged source was decoded again")
 
-    monkeypatch.setattr(writer_module, "decode_bytes", no_decode)
+    monkeypatch.setattr(decoding_module, "decode_bytes", no_decode)
     result = build_cache(tiny_images, tiny_cache, workers=1)
     assert counts(result) == {
         "added": 0,
@@ -291,7 +291,7 @@ def test_touched_source_only_has_its_metadata_updated(tiny_images, tiny_cache, m
     def no_decode(*args, **kwargs):
         raise AssertionError("a touched but identical source was decoded again")
 
-    monkeypatch.setattr(writer_module, "decode_bytes", no_decode)
+    monkeypatch.setattr(decoding_module, "decode_bytes", no_decode)
     build_cache(tiny_images, tiny_cache, workers=1)
     with open_cache(tiny_cache) as reader:
         meta = reader.meta("a.jpg")

@@ -100,7 +100,7 @@ def test_image_missing_from_the_cache_is_an_error_naming_it(samples, tmp_path):
     root, config = samples
     partial = tmp_path / "img"
     partial.mkdir()
-    (partial / "receipt_0000.jpg").write_bytes((root / "img" / "receipt_0000.jpg").read_bytes())
+    shutil.copy2(root / "img" / "receipt_0000.jpg", partial)  # keeps the mtime: not stale
     build_cache(partial, tmp_path / "partial.lmdb", workers=1)
     with pytest.raises(MissingImageError, match="receipt_0001.jpg"):
         _batches(config, image_cache=str(tmp_path / "partial.lmdb"))
@@ -110,7 +110,7 @@ def test_cache_fallback_disk_reads_missing_images_from_disk(samples, tmp_path, c
     root, config = samples
     partial = tmp_path / "img"
     partial.mkdir()
-    (partial / "receipt_0000.jpg").write_bytes((root / "img" / "receipt_0000.jpg").read_bytes())
+    shutil.copy2(root / "img" / "receipt_0000.jpg", partial)  # keeps the mtime: not stale
     build_cache(partial, tmp_path / "partial.lmdb", workers=1)
     fallback = _batches(config, image_cache=str(tmp_path / "partial.lmdb"), cache_fallback="disk")
     _assert_same(_batches(config), fallback)

@@ -1,0 +1,349 @@
+"""The read side's LMDB environments: one per store per process, opened safely.
+
+* **One per process.** LMDB forbids using an environment in a process that did not open it,
+  and py-lmdb refuses to open the same files twice in one process. So a reader asks this
+  module for the environment of its store in the current process; the first ask opens it.
+  Just before a ``fork`` every reader ends its snapshot (see ``reader``); in the child the
+  inherited environments, which then own no transaction, are closed (closing one that still
+  owned a transaction would free the parent's reader slot) and the child opens its own.
+* **No signal from a short file.** Before LMDB maps ``data.mdb``, its size is checked against
+  what its own meta pages require (:func:`check_data_file`); a truncated copy raises
+  :class:`TruncatedStoreError` instead of faulting (SIGBUS) on the first read past its end.
+* **No remap while views live.** The read map is reserved at :data:`READ_MAP_SIZE` (address
+  space only; nothing is allocated), so a store that grows never forces a reader to remap,
+  which would pull the pages from under every view of every reader of the process. A mapping
+  is unmapped only once no reader and no view of it is left (:meth:`SharedEnv.track`).
+* **No leaked reader slots.** A process releases its reader slots when it exits, through
+  ``atexit`` and through ``multiprocessing``'s exit finalizers (DataLoader workers end through
+  the latter and skip ``atexit``); slots left by processes that were killed are cleared with
+  LMDB's ``reader_check()`` whenever a process opens a store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import multiprocessing.util
+import os
+import struct
+import sys
+import threading
+import warnings
+import weakref
+from typing import Any
+
+import lmdb
+
+from .errors import CacheError, CacheNotFoundError, NotACacheError, TruncatedStoreError
+from .schema import MAX_DBS, MAX_READERS
+
+# Address space reserved for each read mapping: 1 TiB on 64-bit systems. It costs no memory
+# (the kernel maps pages of the file on access) and covers any store this cache is meant for.
+READ_MAP_SIZE = 1 << 40 if sys.maxsize > 1 << 32 else 0
+
+_MDB_MAGIC = 0xBEEFC0DE
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
+# MDB_meta after the page header: magic, version, address, mapsize, two 48-byte MDB_db
+# records (the first one's 4-byte pad holds the page size), last_pg, txnid.
+_META_BYTES = 4 + 4 + 8 + 8 + 48 + 48 + 8 + 8
+
+
+def _meta(head: bytes, hdrsz: int) -> tuple[int, int, int] | None:
+    """(page size, last page number, txnid) of a meta page, or None if it is not one."""
+    m = hdrsz
+    if len(head) < m + _META_BYTES or _U32.unpack_from(head, m)[0] != _MDB_MAGIC:
+        return None
+    psize = _U32.unpack_from(head, m + 24)[0]
+    last_pg = _U64.unpack_from(head, m + 24 + 96)[0]
+    txnid = _U64.unpack_from(head, m + 24 + 96 + 8)[0]
+    return psize, last_pg, txnid
+
+
+def meta_state(data_file: str) -> tuple[int, int, int]:
+    """(size of ``data_file``, bytes its newest meta page says it holds, that meta's txnid).
+
+    The meta pages are read with ``pread``, never through a mapping, so a short or damaged
+    file gives numbers, not a signal.
+
+    Raises:
+        NotACacheError: the file is not an LMDB data file (no meta page magic).
+        OSError: the file cannot be opened.
+    """
+    fd = os.open(data_file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        head = os.pread(fd, 256, 0)
+        # LMDB 0.9 pages have a 16-byte header, LMDB 1.0 pages a 24-byte one.
+        hdrsz = next((h for h in (16, 24) if _meta(head, h) is not None), None)
+        metas = []
+        if hdrsz is not None:
+            first = _meta(head, hdrsz)
+            assert first is not None
+            metas.append(first)
+            psize = first[0]
+            if psize and psize & (psize - 1) == 0:
+                second = _meta(os.pread(fd, hdrsz + _META_BYTES, psize), hdrsz)
+                if second is not None:
+                    metas.append(second)
+        size = os.fstat(fd).st_size  # after the metas: a writer only ever grows the file
+    finally:
+        os.close(fd)
+    if not metas:
+        if size < 2 * 4096:
+            return size, 2 * 4096, 0  # too short to hold its two meta pages
+        raise NotACacheError(f"'{data_file}' is not an LMDB data file (no LMDB meta page)")
+    psize, last_pg, txnid = max(metas, key=lambda m: m[2])
+    return size, max((last_pg + 1) * psize, 2 * psize), txnid
+
+
+def check_data_file(path: str) -> None:
+    """Refuse a store whose ``data.mdb`` is shorter than its meta pages require.
+
+    Args:
+        path: The store's folder.
+
+    Raises:
+        CacheNotFoundError: nothing at ``path``.
+        NotACacheError: ``path`` holds no LMDB data file.
+        TruncatedStoreError: ``data.mdb`` is short (an interrupted copy): mapping it would
+            fault on the first read past its end.
+    """
+    if not os.path.exists(path):
+        raise CacheNotFoundError(
+            f"cache '{path}' does not exist; build it with 'build-cache SRC -o {path}'"
+        )
+    data_file = os.path.join(path, "data.mdb")
+    if not os.path.isfile(data_file):
+        raise NotACacheError(
+            f"'{path}' holds no LMDB store (no data.mdb); pass the folder build-cache wrote"
+        )
+    try:
+        size, required, _ = meta_state(data_file)
+    except OSError as e:
+        raise CacheError(f"cannot read '{data_file}': {e.strerror or e}") from e
+    if size < required:
+        raise TruncatedStoreError(data_file, size, required)
+
+
+def structure_problems(path: str) -> list[str]:
+    """Every structural problem LMDB's own offline verifier finds in the store's data file.
+
+    ``lmdb.verify`` walks every page with plain reads (never a mapping), so a damaged file
+    gives findings, not a signal. Run it while holding a read transaction of the store, so a
+    build committing meanwhile cannot reuse the pages it walks.
+    """
+    from lmdb import verify as lmdb_verify
+
+    try:
+        return [str(p) for p in lmdb_verify.verify(path, subdir=True)]
+    except lmdb_verify.VerifyError as e:
+        return [str(e) or type(e).__name__]
+    except OSError as e:
+        return [f"cannot read {os.path.join(path, 'data.mdb')}: {e.strerror or e}"]
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the store's data file, or None if it is gone."""
+    try:
+        st = os.stat(os.path.join(path, "data.mdb"))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class SharedEnv:
+    """One open environment of this process, shared by every reader of its store.
+
+    It stays open while a reader holds it or a view into its mapping is alive, so a view never
+    points into unmapped memory.
+    """
+
+    def __init__(self, path: str, env: lmdb.Environment, locked: bool) -> None:
+        self.path = path
+        self.env = env
+        self.locked = locked
+        self.identity = file_identity(path)
+        self.pid = os.getpid()
+        self.readers = 0
+        self.views = 0
+        self.verified = False  # structure checked once per process (readers with verify=True)
+
+    def close_if_unused(self) -> None:
+        """Close the environment if no reader and no view holds it (call with the lock)."""
+        if self.readers > 0 or self.views > 0 or self.pid != os.getpid():
+            return
+        if _ENVS.get(self.path) is self:
+            del _ENVS[self.path]
+        if self in _RETIRED:
+            _RETIRED.remove(self)
+        self.env.close()
+
+
+class ViewTracker:
+    """Counts the live views handed out from one snapshot, and keeps their mapping open.
+
+    NumPy views and slices of a tracked array keep it alive, so tracking the array a reader
+    returns covers everything made from it.
+    """
+
+    __slots__ = ("shared", "live", "__weakref__")
+
+    def __init__(self, shared: SharedEnv) -> None:
+        self.shared = shared
+        self.live = 0
+
+    def track(self, array: Any) -> None:
+        ref = weakref.ref(array, self._died)
+        with _LOCK:
+            _VIEW_REFS[id(ref)] = ref
+            self.live += 1
+            self.shared.views += 1
+
+    def _died(self, ref: Any) -> None:
+        with _LOCK:
+            if _VIEW_REFS.pop(id(ref), None) is None:
+                return  # forgotten at a fork
+            self.live -= 1
+            self.shared.views -= 1
+            self.shared.close_if_unused()
+
+
+# realpath -> this process's current environment of that store
+_ENVS: dict[str, SharedEnv] = {}
+# Environments of stores that were replaced on disk (a rebuild) while readers or views of the
+# old files lived; closed when the last of those goes.
+_RETIRED: list[SharedEnv] = []
+# id -> weak reference of each live view (the references must live for their callbacks to run)
+_VIEW_REFS: dict[int, Any] = {}
+_LOCK = threading.RLock()  # reentrant: a weakref callback may run while it is held
+_OWNER_PID = os.getpid()
+_EXIT_HOOK_PID: int | None = None
+# Environments inherited from a parent that could not be closed: kept referenced, never used.
+_ORPHANS: list[Any] = []
+
+
+def _forget_inherited() -> None:
+    """In a fork child: close the parent's environments (they own no transaction). Views
+    inherited from the parent die with them."""
+    global _OWNER_PID
+    for shared in [*_ENVS.values(), *_RETIRED]:
+        try:
+            shared.env.close()
+        except Exception:
+            _ORPHANS.append(shared.env)
+    _ENVS.clear()
+    _RETIRED.clear()
+    _VIEW_REFS.clear()
+    _OWNER_PID = os.getpid()
+
+
+def _close_all_at_exit() -> None:
+    """Release this process's reader slots before it exits: closing an environment aborts
+    its transactions and frees every slot this process holds in the lock file."""
+    with _LOCK:
+        for shared in [*_ENVS.values(), *_RETIRED]:
+            if shared.pid == os.getpid():
+                try:
+                    shared.env.close()
+                except Exception:
+                    pass
+        _ENVS.clear()
+        _RETIRED.clear()
+
+
+def _register_exit_hooks() -> None:
+    # multiprocessing clears its finalizer registry in each new child, so the hook is
+    # registered by every process when it first opens a store, not inherited.
+    global _EXIT_HOOK_PID
+    if _EXIT_HOOK_PID == os.getpid():
+        return
+    _EXIT_HOOK_PID = os.getpid()
+    atexit.register(_close_all_at_exit)
+    multiprocessing.util.Finalize(None, _close_all_at_exit, exitpriority=100)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited)
+
+
+def acquire(path: str, lock: bool | None) -> SharedEnv:
+    """This process's environment of the store at ``path``, opened on first use.
+
+    Raises:
+        CacheNotFoundError, NotACacheError, TruncatedStoreError: see :func:`check_data_file`.
+        CacheError: LMDB cannot open it.
+    """
+    real = os.path.realpath(path)
+    with _LOCK:
+        if _OWNER_PID != os.getpid():
+            _forget_inherited()
+        shared = _ENVS.get(real)
+        if shared is not None and shared.identity != file_identity(path):
+            # The store was replaced on disk (a rebuild renamed a new one over it): the old
+            # mapping lives on for its readers and views; new readers get the new store.
+            del _ENVS[real]
+            _RETIRED.append(shared)
+            shared.close_if_unused()
+            shared = None
+        if shared is None:
+            check_data_file(path)
+            env, locked = _open(path, lock)
+            shared = _ENVS[real] = SharedEnv(real, env, locked)
+            _register_exit_hooks()
+        shared.readers += 1
+        return shared
+
+
+def release(shared: SharedEnv) -> None:
+    """A reader is done with ``shared``; it closes once no reader and no view is left."""
+    with _LOCK:
+        if shared.pid != os.getpid():
+            return
+        shared.readers -= 1
+        shared.close_if_unused()
+
+
+def _open(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:
+    if lock is not False:
+        try:
+            env = _open_mapped(path, lock=True)
+        except lmdb.Error as e:
+            denied = (errno.EROFS, errno.EACCES, errno.EPERM)
+            if (
+                lock is True
+                or getattr(e, "errno", None) not in denied
+                and not isinstance(e, lmdb.ReadonlyError)
+            ):
+                raise CacheError(f"cannot open cache '{path}': {e}") from e
+        else:
+            # Slots of processes that died without closing (kill -9, a crashed worker) would
+            # otherwise fill the table and pin old snapshots forever.
+            env.reader_check()
+            return env, True
+        warnings.warn(
+            f"cache '{path}' is on a read-only location: opened without LMDB's lock file, which "
+            "is only safe while no build-cache writes to it",
+            stacklevel=5,
+        )
+    try:
+        return _open_mapped(path, lock=False), False
+    except lmdb.Error as e:
+        raise CacheError(f"cannot open cache '{path}': {e}") from e
+
+
+def _open_mapped(path: str, lock: bool) -> lmdb.Environment:
+    options: dict[str, Any] = dict(
+        readonly=True,
+        subdir=True,
+        lock=lock,
+        max_dbs=MAX_DBS,
+        max_readers=MAX_READERS,
+        max_spare_txns=0,
+    )
+    try:
+        return lmdb.open(path, map_size=READ_MAP_SIZE, **options)
+    except lmdb.Error as e:
+        if READ_MAP_SIZE and getattr(e, "errno", None) == errno.ENOMEM:
+            # Address space is limited (ulimit -v): map what the store has now instead.
+            return lmdb.open(path, map_size=0, **options)
+        raise

@@ -1,0 +1,84 @@
+"""One build at a time per store: an exclusive ``flock`` on ``<store>/build.lock``.
+
+LMDB serializes write transactions but not builds: two ``build-cache`` runs on one store would
+interleave their transactions and leave records made with different settings under one
+manifest. A build therefore holds this lock from before it reads the store's settings until
+its last commit; a second build exits at once naming the first one's process id.
+
+``flock`` (not ``fcntl`` record locks) because it belongs to the open file, so two builds in
+one process exclude each other too, and closing some other descriptor of the file (LMDB
+does that with its own files) cannot drop it. The lock file is never deleted: deleting a lock
+file races with a process about to lock it. A rebuild replaces the store's folder, lock file
+included, so a process that locked the old file checks that it is still the one at the path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from .errors import BuildLockedError
+
+LOCK_NAME = "build.lock"
+
+
+class BuildLock:
+    """An exclusive lock on a store folder for one build.
+
+    Use as a context manager: ``with BuildLock(path): ...``. The folder is created if needed.
+
+    Raises:
+        BuildLockedError: another build holds the lock (its pid is in the message).
+        OSError: the lock file cannot be created (e.g. a read-only location).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file = os.path.join(path, LOCK_NAME)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                os.close(fd)
+                raise BuildLockedError(self.path, pid) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                st = os.stat(self.file)
+                same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            except FileNotFoundError:
+                same = False
+            if not same:  # the folder was replaced between open and lock: lock the new one
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+            return
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the only descriptor of the open file drops the flock
+
+    def __enter__(self) -> BuildLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

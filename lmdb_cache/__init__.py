@@ -7,14 +7,19 @@ check it with ``validate-cache`` (or :func:`validate_cache`).
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    BuildLockedError,
     CacheError,
     CacheNotFoundError,
     CorruptRecordError,
+    DiskFullError,
     FormatVersionError,
     ImageDecodeError,
     MissingImageError,
     NotACacheError,
     SettingsMismatchError,
+    StaleCacheError,
+    StoreDamagedError,
+    TruncatedStoreError,
 )
 from .images import DecodedImage, decode_file  # noqa: E402
 from .reader import CacheReader, Record, open_cache  # noqa: E402
@@ -23,18 +28,23 @@ from .writer import BuildResult, build_cache  # noqa: E402
 
 __all__ = [
     "FORMAT_VERSION",
+    "BuildLockedError",
     "BuildResult",
     "CacheError",
     "CacheNotFoundError",
     "CacheReader",
     "CorruptRecordError",
     "DecodedImage",
+    "DiskFullError",
     "FormatVersionError",
     "ImageDecodeError",
     "MissingImageError",
     "NotACacheError",
     "Record",
     "SettingsMismatchError",
+    "StaleCacheError",
+    "StoreDamagedError",
+    "TruncatedStoreError",
     "build_cache",
     "decode_file",
     "open_cache",

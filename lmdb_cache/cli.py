@@ -13,7 +13,14 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from .errors import BuildLockedError, CacheError, CacheNotFoundError, SettingsMismatchError
+from .errors import (
+    BuildLockedError,
+    CacheError,
+    CacheNotFoundError,
+    FormatVersionError,
+    NotACacheError,
+    SettingsMismatchError,
+)
 from .images import RESAMPLE_FILTERS
 from .reader import open_cache
 from .validate import validate_cache
@@ -167,14 +174,24 @@ def build_command(
             rebuild=rebuild,
             progress=bar,
         )
-    except (SettingsMismatchError, BuildLockedError, NotADirectoryError, ValueError) as e:
+    except (
+        SettingsMismatchError,
+        BuildLockedError,
+        NotACacheError,
+        FormatVersionError,
+        NotADirectoryError,
+    ) as e:
         bar.close()
         _fail_usage(str(e))
         return
-    except (CacheError, OSError) as e:
+    except (CacheError, OSError) as e:  # a damaged store, a full disk: not a usage error
         bar.close()
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
+    except ValueError as e:
+        bar.close()
+        _fail_usage(str(e))
+        return
     bar.close()
     if as_json:
         _emit_json(result.as_dict())

@@ -122,7 +122,7 @@ def check_data_file(path: str) -> None:
     except OSError as e:
         raise CacheError(f"cannot read '{data_file}': {e.strerror or e}") from e
     if size < required:
-        raise TruncatedStoreError(data_file, size, required)
+        raise TruncatedStoreError(path, size, required)
 
 
 def structure_problems(path: str) -> list[str]:

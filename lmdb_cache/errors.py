@@ -7,6 +7,8 @@ that do not know this package.
 
 from __future__ import annotations
 
+import os
+
 
 class CacheError(Exception):
     """Base class for every problem with a cache store or its sources."""
@@ -82,14 +84,17 @@ class StoreDamagedError(CacheError, ValueError):
 class TruncatedStoreError(StoreDamagedError):
     """``data.mdb`` is shorter than its own meta page says it must be (an interrupted copy)."""
 
-    def __init__(self, path: str, size: int, required: int) -> None:
-        self.path = path
+    def __init__(self, store: str, size: int, required: int, source: str = "SRC") -> None:
+        self.path = store
+        self.data_file = os.path.join(store, "data.mdb")
         self.size = size
         self.required = required
         super().__init__(
-            f"'{path}' is {size} bytes but its LMDB meta page needs at least {required} bytes: "
-            "the file is truncated (an interrupted copy?) or its meta page is damaged; copy the "
-            "store again, or rebuild it with 'build-cache SRC -o STORE --rebuild'"
+            f"'{self.data_file}' is {size} bytes but its LMDB meta page needs at least "
+            f"{required} bytes: the file is truncated (an interrupted copy?) or its meta page "
+            f"is damaged; copy the store again, or rebuild it with 'build-cache {source} -o "
+            f"{store} --rebuild --max-side N' (N: the cap it was built with, or 'none'; a "
+            "damaged store's own settings cannot be read)"
         )
 
 
@@ -123,3 +128,17 @@ class StaleCacheError(CacheError, ValueError):
 
 class DiskFullError(CacheError, OSError):
     """The device holding the store ran out of space while a build wrote it."""
+
+
+def damaged(path: str, what: str, error: BaseException) -> StoreDamagedError:
+    """The error for an LMDB failure inside a store (a damaged page)."""
+    return StoreDamagedError(
+        f"cache '{path}' is damaged: LMDB failed {what} ({type(error).__name__}: {error}); run "
+        f"'validate-cache {path}' for the full list, and rebuild it with 'build-cache SRC -o "
+        f"{path} --rebuild'"
+    )
+
+
+def key_type_error(key: object) -> TypeError:
+    """The error for a key that is not a str (keys are relative POSIX paths)."""
+    return TypeError(f"cache keys are str (relative POSIX paths), got {type(key).__name__}")

@@ -335,6 +335,8 @@ def decode_bytes(
         with Image.open(io.BytesIO(data)) as image:
             _check_sides(image, name)
             return normalize(image, max_side=max_side, resample=resample)
+    except ImageDecodeError:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(name, f"larger than Pillow's decompression-bomb limit ({e})") from e
     except UnidentifiedImageError as e:

@@ -35,6 +35,8 @@ from .errors import (
     MissingImageError,
     NotACacheError,
     StoreDamagedError,
+    damaged,
+    key_type_error,
 )
 from .schema import (
     DB_FAILURES,
@@ -47,6 +49,7 @@ from .schema import (
     decode_key,
     decode_manifest,
     encode_key,
+    foreign_flags,
     unseal,
 )
 
@@ -63,19 +66,6 @@ def _before_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork)
-
-
-def damaged(path: str, what: str, error: BaseException) -> StoreDamagedError:
-    """The error for an LMDB failure inside a store (a damaged page, a foreign layout)."""
-    return StoreDamagedError(
-        f"cache '{path}' is damaged: LMDB failed {what} ({type(error).__name__}: {error}); run "
-        f"'validate-cache {path}' for the full list, and rebuild it with 'build-cache SRC -o "
-        f"{path} --rebuild'"
-    )
-
-
-def _key_type_error(key: object) -> TypeError:
-    return TypeError(f"cache keys are str (relative POSIX paths), got {type(key).__name__}")
 
 
 @dataclass(frozen=True)
@@ -281,6 +271,7 @@ class CacheReader:
                 name: shared.env.open_db(name, txn=txn, create=False)
                 for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
             }
+            odd = {name: foreign_flags(dict(db.flags())) for name, db in dbs.items()}
             raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
         except lmdb.NotFoundError:
             raise NotACacheError(
@@ -294,6 +285,11 @@ class CacheReader:
             ) from None
         except lmdb.Error as e:
             raise damaged(self.path, "to open its databases", e) from e
+        if any(odd.values()):
+            raise NotACacheError(
+                f"'{self.path}' is an LMDB store whose databases were made with other flags "
+                f"than an image cache's ({odd}); build one with 'build-cache SRC -o {self.path}'"
+            )
         if raw is None:
             raise NotACacheError(
                 f"cache '{self.path}' has no manifest; rebuild it with 'build-cache SRC -o "
@@ -416,7 +412,7 @@ class CacheReader:
             CorruptRecordError: the metadata fails its checksum or the schema.
         """
         if not isinstance(key, str):
-            raise _key_type_error(key)
+            raise key_type_error(key)
         snap = self._snapshot()
         return snap.metas.get(key) or self._load_meta(snap, key)
 
@@ -452,7 +448,7 @@ class CacheReader:
                 checksum does not match.
         """
         if not isinstance(key, str):
-            raise _key_type_error(key)
+            raise key_type_error(key)
         snap = self._snapshot()
         meta = snap.metas.get(key) or self._load_meta(snap, key)
         try:
@@ -501,10 +497,10 @@ class CacheReader:
 
     # --- raw access for validate ------------------------------------------------------------
 
-    def _raw_cursor(self, db: bytes) -> Iterator[tuple[bytes, Any]]:
+    def _raw_keys(self, db: bytes) -> Iterator[bytes]:
         snap = self._snapshot()
-        for raw_key, value in snap.txn.cursor(db=snap.dbs[db]):
-            yield bytes(raw_key), value
+        for raw_key in snap.txn.cursor(db=snap.dbs[db]).iternext(keys=True, values=False):
+            yield bytes(raw_key)
 
     def _raw_get(self, db: bytes, key: bytes) -> Any:
         snap = self._snapshot()

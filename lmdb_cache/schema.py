@@ -29,6 +29,12 @@ DB_META = b"meta"  # image key -> record metadata map
 DB_PIXELS = b"pixels"  # image key -> raw HxWx3 uint8 bytes, row-major
 DB_FAILURES = b"failures"  # source key -> {"key": str, "reason": str}: sources not stored
 MAX_DBS = 8
+DATABASES = (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
+
+
+def foreign_flags(flags: dict[str, Any]) -> list[str]:
+    """The LMDB flags (of ``_Database.flags()``) a cache database must not have."""
+    return sorted(name for name, on in flags.items() if on)
 # Reader slots in the lock file; set by whoever creates it, so writer and readers agree.
 MAX_READERS = 2048
 
@@ -146,8 +152,9 @@ def pack(obj: Any) -> bytes:
 _SEAL = struct.Struct("<I")
 SEAL_BYTES = _SEAL.size
 # Types a plain msgpack document decodes to; anything else (a Timestamp, which msgpack decodes
-# natively without asking ext_hook) is refused.
-_PLAIN = (str, int, float, bool, bytes, type(None))
+# natively without asking ext_hook) is refused. msgpack builds exactly these types, so a type
+# lookup (no isinstance) keeps the check cheap on the read path.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 _MAX_NESTING = 8
 
 
@@ -156,19 +163,23 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 
 def _check_plain(obj: Any, depth: int = 0) -> None:
-    if isinstance(obj, _PLAIN):
+    kind = type(obj)
+    if kind in _PLAIN:
         return
     if depth >= _MAX_NESTING:
         raise ValueError(f"nested deeper than {_MAX_NESTING} levels")
-    if isinstance(obj, dict):
+    if kind is dict:
         for key, value in obj.items():
-            _check_plain(key, depth + 1)
-            _check_plain(value, depth + 1)
-    elif isinstance(obj, list):
+            if type(key) not in _PLAIN:
+                _check_plain(key, depth + 1)
+            if type(value) not in _PLAIN:
+                _check_plain(value, depth + 1)
+    elif kind is list:
         for value in obj:
-            _check_plain(value, depth + 1)
+            if type(value) not in _PLAIN:
+                _check_plain(value, depth + 1)
     else:
-        raise ValueError(f"holds a {type(obj).__name__}, which is not part of this format")
+        raise ValueError(f"holds a {kind.__name__}, which is not part of this format")
 
 
 def unpack(data: bytes | memoryview, limit: int = MAX_RECORD_BYTES) -> Any:
@@ -216,9 +227,8 @@ def unseal(data: bytes | memoryview, key: bytes, limit: int = MAX_RECORD_BYTES) 
         raise ValueError(f"record is {len(data)} bytes, over the {limit}-byte limit")
     if len(data) <= SEAL_BYTES:
         raise ValueError(f"record is {len(data)} bytes, too short to hold a sealed value")
-    payload = bytes(data[:-SEAL_BYTES])
-    (stored,) = _SEAL.unpack(bytes(data[-SEAL_BYTES:]))
-    if zlib.crc32(payload, zlib.crc32(key)) != stored:
+    payload = data[:-SEAL_BYTES]
+    if zlib.crc32(payload, zlib.crc32(key)) != _SEAL.unpack_from(data, len(data) - SEAL_BYTES)[0]:
         raise ValueError("checksum mismatch (the value was damaged or not written by build-cache)")
     return unpack(payload, limit)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import lmdb
 
 from .environment import check_data_file, structure_problems
-from .errors import CacheError, DiskFullError, StoreDamagedError
+from .errors import CacheError, DiskFullError, NotACacheError, StoreDamagedError
 from .locking import LOCK_NAME
-from .schema import DB_FAILURES, DB_MANIFEST, DB_META, DB_PIXELS, MAX_DBS, MAX_READERS
+from .schema import DATABASES, MAX_DBS, MAX_READERS, foreign_flags
 
 MIN_MAP_SIZE = 1 << 30
 MAX_MAP_GROWTH = 1 << 40
@@ -79,13 +79,13 @@ class WriteStore:
             used = self._used_bytes()
             if self.env.info()["map_size"] < 2 * used:
                 self.env.set_mapsize(max(2 * used, MIN_MAP_SIZE))
-            self.dbs = {
-                name: self.env.open_db(name)
-                for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
-            }
+            self.dbs = {name: self.env.open_db(name) for name in DATABASES}
+            odd = {name: foreign_flags(dict(db.flags())) for name, db in self.dbs.items()}
+            if any(odd.values()):
+                raise lmdb.IncompatibleError(f"databases with other flags: {odd}")
         except lmdb.IncompatibleError as e:
             self.env.close()
-            raise CacheError(
+            raise NotACacheError(
                 f"'{path}' is an LMDB store whose databases were made with other flags than an "
                 "image cache's; choose another -o"
             ) from e
@@ -145,6 +145,11 @@ class WriteStore:
                 return [bytes(k) for k in cursor.iternext(keys=True, values=False)]
         except lmdb.Error as e:
             raise _damaged(self.path, f"LMDB: {e}") from e
+
+    def is_empty(self) -> bool:
+        """Whether no database holds anything (a build killed before its first commit)."""
+        with self.env.begin() as txn:
+            return all(txn.stat(db)["entries"] == 0 for db in self.dbs.values())
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
         try:

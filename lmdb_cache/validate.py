@@ -160,7 +160,9 @@ def validate_cache(
     except CacheNotFoundError:
         raise
     except TruncatedStoreError as e:
-        report.problem("truncated", None, str(e))
+        report.problem(
+            "truncated", None, str(TruncatedStoreError(path, e.size, e.required, fixes.source))
+        )
         return report
     except CacheError as e:
         report.problem("format", None, str(e))
@@ -318,9 +320,7 @@ class _RecordWalk:
         keys: set[bytes] = set()
         last: bytes | None = None
         try:
-            snap = self.reader._snapshot()
-            for raw_key in snap.txn.cursor(db=snap.dbs[db]).iternext(keys=True, values=False):
-                last = bytes(raw_key)
+            for last in self.reader._raw_keys(db):
                 keys.add(last)
         except lmdb.Error as e:
             after = f" after key {decode_key(last)!r}" if last is not None else ""

@@ -20,38 +20,27 @@ import multiprocessing.pool
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import lmdb
 import PIL
 
 from . import __version__
-from .decoding import run_tasks, start_pool
-from .environment import check_data_file
-from .errors import DiskFullError, NotACacheError, SettingsMismatchError
+from .decoding import start_pool
+from .errors import NotACacheError, SettingsMismatchError
 from .images import resample_filter, scan_images
 from .isolated import ChildCrashed, call_isolated
 from .locking import BuildLock
 from .schema import (
     CHECKSUM_ALGORITHM,
-    DB_FAILURES,
     DB_MANIFEST,
-    DB_META,
-    DB_PIXELS,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_KEY,
     MAX_DBS,
     check_manifest,
-    check_meta,
-    decode_key,
     decode_manifest,
-    display_key,
-    encode_key,
-    failure_key,
-    key_problem,
     seal,
     unpack,
     unseal,
@@ -65,6 +54,7 @@ from .store import (
     replace_store,
     store_exists,
 )
+from .update import Progress, now, update
 
 
 class _Keep:
@@ -75,14 +65,6 @@ class _Keep:
 
 
 KEEP: Any = _Keep()
-
-
-class Progress(Protocol):
-    """What the builder reports progress to; the CLI passes a tqdm bar."""
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self, key: str) -> None: ...
 
 
 class _NoProgress:
@@ -158,10 +140,6 @@ def default_output(source: str | os.PathLike[str]) -> str:
     """``data/val`` -> ``data/val.lmdb`` (a trailing slash is ignored)."""
     text = os.fspath(source).rstrip("/\\") or os.fspath(source)
     return text + ".lmdb"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_arguments(max_side: Any, resample: Any, workers: int) -> None:
@@ -278,6 +256,11 @@ def _build_locked(
         store = WriteStore(output)  # refuses a truncated or structurally damaged store
         try:
             raw = store.get(DB_MANIFEST, MANIFEST_KEY)
+            if raw is None and not store.is_empty():
+                raise NotACacheError(
+                    f"output '{output}' is an LMDB store but not an image cache (it has no "
+                    "manifest); choose another -o"
+                )
             existing = None if raw is None else decode_manifest(raw, output)
         except BaseException:
             store.close()
@@ -297,7 +280,7 @@ def _build_locked(
     result.settings = settings
     try:
         manifest = _start_manifest(store, source, output, settings, existing, result)
-        _update(store, source, keys, settings, manifest, pool, workers, batch, progress, result)
+        update(store, source, keys, settings, manifest, pool, workers, batch, progress, result)
     except BaseException:
         store.close()
         if replacing:
@@ -331,7 +314,8 @@ def _stored_settings(output: str) -> dict | None:
 
 
 def _read_manifest_bytes(output: str) -> bytes | None:
-    check_data_file(output)
+    # No size check: in this child a read past the end of a short file costs only the child,
+    # and the manifest's pages may well lie before the cut.
     env = lmdb.open(output, readonly=True, lock=False, subdir=True, max_dbs=MAX_DBS)
     with env.begin() as txn:
         raw = txn.get(MANIFEST_KEY, db=env.open_db(DB_MANIFEST, txn=txn, create=False))
@@ -350,8 +334,8 @@ def _settings(
     max_side, resample = asked
     if stored is None and replacing and max_side is KEEP:
         raise SettingsMismatchError(
-            f"the settings of cache '{output}' cannot be read (its manifest is damaged), so "
-            "the rebuild cannot keep them: give them, e.g. 'build-cache SRC -o "
+            f"the settings of cache '{output}' cannot be read from the damaged store, so the "
+            "rebuild cannot keep them: give them, e.g. 'build-cache SRC -o "
             f"{output} --rebuild --max-side 640' (or '--max-side none' for full size)"
         )
     if stored is None:
@@ -411,164 +395,12 @@ def _start_manifest(
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "settings": settings,
-            "created": _now(),
+            "created": now(),
             "writer": f"{FORMAT_NAME} {__version__}",
             "images": 0,
             "failed": 0,
             "total_bytes": 0,
         }
-    manifest.update(complete=False, source_root=os.path.realpath(source), updated=_now())
+    manifest.update(complete=False, source_root=os.path.realpath(source), updated=now())
     store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
     return manifest
-
-
-class _Batch:
-    """Pending writes and the counts the manifest states, committed together."""
-
-    def __init__(self, store: WriteStore, manifest: dict, failed: set[bytes]) -> None:
-        self.store = store
-        self.manifest = manifest
-        self.sizes: dict[str, int] = {}  # key -> pixel bytes of every record the store holds
-        self.failed = failed  # keys of the failures database (LMDB bytes) after these ops
-        self.reasons: dict[str, str] = {}  # this build's failures
-        self.ops: list[tuple[bytes, bytes, bytes | None]] = []
-        self.bytes = 0
-        self.images = 0
-        self.committed_images = 0
-
-    def fail(self, key: str, reason: str) -> None:
-        fkey = failure_key(key)
-        entry = {"key": display_key(key), "reason": reason}
-        self.ops.append((DB_FAILURES, fkey, seal(entry, fkey)))
-        self.failed.add(fkey)
-        self.reasons[key] = reason
-
-    def succeed(self, key: str) -> None:
-        fkey = failure_key(key)
-        self.ops.append((DB_FAILURES, fkey, None))
-        self.failed.discard(fkey)
-        self.reasons.pop(key, None)
-
-    def commit(self, final: bool = False) -> None:
-        self.manifest.update(
-            images=len(self.sizes),
-            total_bytes=sum(self.sizes.values()),
-            failed=len(self.failed),
-            complete=final,
-            updated=_now(),
-        )
-        self.ops.append((DB_MANIFEST, MANIFEST_KEY, seal(self.manifest, MANIFEST_KEY)))
-        try:
-            self.store.write(self.ops, self.bytes)
-        except DiskFullError as e:
-            raise DiskFullError(
-                f"{e}; {self.committed_images} images are stored and committed, nothing is "
-                "damaged: free some space (or build elsewhere with -o) and re-run the same "
-                "command, it resumes from there"
-            ) from e
-        self.committed_images = len(self.sizes)
-        self.ops.clear()
-        self.bytes = self.images = 0
-
-
-def _stored_records(store: WriteStore) -> tuple[dict[str, dict], set[bytes], set[bytes]]:
-    """What a store holds: valid metadata by key, every record key, every failure key.
-
-    A record whose metadata fails its check is left out of the first, so it is decoded again.
-    """
-    metas = {}
-    for raw_key, value in store.read_all(DB_META):
-        try:
-            metas[decode_key(raw_key)] = check_meta(unseal(value, raw_key))
-        except ValueError:
-            continue
-    records = set(store.keys(DB_META)) | set(store.keys(DB_PIXELS))
-    return metas, records, set(store.keys(DB_FAILURES))
-
-
-def _plan(
-    store: WriteStore, source: str, keys: list[str], batch: _Batch, result: BuildResult
-) -> tuple[dict[str, dict], list[tuple[str, str | None]]]:
-    """Queue what is known before decoding (removals, unusable names); return the records
-    the store keeps and the sources to decode."""
-    metas, records, failed = _stored_records(store)
-    wanted = {k.encode("utf-8", "surrogateescape") for k in keys}
-    for ekey in sorted(records - wanted):
-        batch.ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
-        result.removed += decode_key(ekey) in metas
-    for fkey in sorted(failed - {failure_key(k) for k in keys}):
-        batch.ops.append((DB_FAILURES, fkey, None))
-        failed.discard(fkey)
-    batch.failed = failed
-    metas = {key: meta for key, meta in metas.items() if key.encode() in wanted}
-    batch.sizes = {key: meta["nbytes"] for key, meta in metas.items()}
-    batch.committed_images = len(batch.sizes)
-    tasks: list[tuple[str, str | None]] = []
-    for key in keys:
-        problem = key_problem(key)
-        if problem is not None:
-            batch.fail(key, problem)
-            continue
-        meta = metas.get(key)
-        if meta is not None:
-            try:
-                st = os.stat(os.path.join(source, key))
-            except OSError as e:
-                batch.fail(key, f"unreadable: {e.strerror or e}")
-                continue
-            if (st.st_size, st.st_mtime_ns) == (meta["source_size"], meta["source_mtime_ns"]):
-                result.unchanged += 1
-                continue
-        tasks.append((key, meta["source_sha256"] if meta else None))
-    return metas, tasks
-
-
-def _update(
-    store: WriteStore,
-    source: str,
-    keys: list[str],
-    settings: dict,
-    manifest: dict,
-    pool: multiprocessing.pool.Pool | None,
-    workers: int,
-    limits: tuple[int, int],
-    progress: Progress,
-    result: BuildResult,
-) -> None:
-    batch = _Batch(store, manifest, set())
-    metas, tasks = _plan(store, source, keys, batch, result)
-    progress.start(len(tasks))
-    for outcome in run_tasks(tasks, source, settings, pool, workers):
-        status, key = outcome[0], outcome[1]
-        ekey = encode_key(key)  # tasks hold only keys that encode
-        if status == "ok":
-            meta, pixels = outcome[2], outcome[3]
-            if key in metas:
-                result.updated += 1
-            else:
-                result.added += 1
-            batch.ops += [(DB_PIXELS, ekey, pixels.data), (DB_META, ekey, seal(meta, ekey))]
-            batch.succeed(key)
-            batch.sizes[key] = meta["nbytes"]
-            metas[key] = meta
-            batch.bytes += meta["nbytes"]
-        elif status == "same":
-            meta = {**metas[key], **outcome[2]}
-            metas[key] = meta
-            batch.ops.append((DB_META, ekey, seal(meta, ekey)))
-            result.touched += 1
-        else:
-            batch.fail(key, outcome[2])
-            if key in metas:
-                # The source changed into something undecodable: its old pixels are stale.
-                batch.ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
-                del metas[key]
-                batch.sizes.pop(key, None)
-        batch.images += 1
-        progress.advance(key)
-        if batch.bytes >= limits[0] or batch.images >= limits[1]:
-            batch.commit()
-    batch.commit(final=True)
-    result.failures = sorted((display_key(k), r) for k, r in batch.reasons.items())
-    result.images = len(batch.sizes)
-    result.total_bytes = sum(batch.sizes.values())

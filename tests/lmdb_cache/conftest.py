@@ -93,3 +93,22 @@ def build_cli() -> Callable[..., Result]:
         return CliRunner().invoke(build_command, [*map(str, args), "-j", "1"])
 
     return run
+
+
+@pytest.fixture()
+def many_images(tmp_path: Path) -> Path:
+    """``<tmp>/data/many``: 48 small noisy PNGs (``img_00.png``...), enough records that the
+    store's databases have branch pages (tests damage those)."""
+    root = tmp_path / "data" / "many"
+    for i in range(48):
+        save_image(root / f"img_{i:02d}.png", noisy_image(40, 30, seed=100 + i))
+    return root
+
+
+@pytest.fixture()
+def many_cache(many_images: Path) -> Path:
+    """A cache of ``many_images`` capped at 32 pixels (so a capped store's rules apply)."""
+    output = many_images.parent / "many.lmdb"
+    result = build_cache(many_images, output, max_side=32, workers=1)
+    assert result.ok, result.failures
+    return output

@@ -8,7 +8,6 @@ import re
 import tracemalloc
 from pathlib import Path
 
-import lmdb
 import msgpack
 import pytest
 
@@ -19,31 +18,16 @@ from lmdb_cache import (
     build_cache,
     open_cache,
 )
-from lmdb_cache.schema import seal
 from lmdb_cache.validate import validate_cache
 
 from .conftest import noisy_image, save_image
+from .crafting import put_raw, sealed
 
 MAX_SIDE = 1 << 18  # the format's bound on a side (schema.MAX_SIDE), written out
 
 
 def problems(report) -> list[tuple[str, str | None]]:
     return [(p.kind, p.key) for p in report.problems]
-
-
-def put_raw(store: Path, db: bytes, key: bytes, value: bytes | None) -> None:
-    """Write (or delete, with None) one raw value into a named database, as an attacker could
-    (one who also computes the value's seal with ``schema.seal`` where a test says so)."""
-    env = lmdb.open(str(store), max_dbs=8)
-    try:
-        with env.begin(write=True) as txn:
-            handle = env.open_db(db, txn=txn)
-            if value is None:
-                txn.delete(key, db=handle)
-            else:
-                txn.put(key, value, db=handle)
-    finally:
-        env.close()
 
 
 def stored_meta(store: Path, key: str) -> dict:
@@ -237,7 +221,7 @@ def test_huge_size_in_metadata_is_reported(tiny_cache, side, kind):
         tiny_cache,
         b"meta",
         b"a.jpg",
-        seal(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
+        sealed(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
     found = [problem for problem in problems(validate_cache(tiny_cache)) if problem[1] == "a.jpg"]
     assert found == [(kind, "a.jpg")]
@@ -246,7 +230,10 @@ def test_huge_size_in_metadata_is_reported(tiny_cache, side, kind):
 def test_size_that_disagrees_with_the_bytes_is_reported_once(tiny_cache):
     meta = stored_meta(tiny_cache, "a.jpg")  # 120 x 80 in truth
     put_raw(
-        tiny_cache, b"meta", b"a.jpg", seal({**meta, "width": 60, "nbytes": 60 * 80 * 3}, b"a.jpg")
+        tiny_cache,
+        b"meta",
+        b"a.jpg",
+        sealed({**meta, "width": 60, "nbytes": 60 * 80 * 3}, b"a.jpg"),
     )
     assert problems(validate_cache(tiny_cache)) == [("size-mismatch", "a.jpg")]
 
@@ -258,7 +245,7 @@ def test_huge_size_in_metadata_raises_corrupt_record(tiny_cache, side, access):
         tiny_cache,
         b"meta",
         b"a.jpg",
-        seal(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
+        sealed(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
     with open_cache(tiny_cache) as reader, pytest.raises(CorruptRecordError, match="'a.jpg'"):
         reader.view("a.jpg") if access == "view" else reader["a.jpg"]
@@ -270,7 +257,7 @@ def test_huge_size_in_metadata_allocates_nothing_large(tiny_cache, side):
         tiny_cache,
         b"meta",
         b"a.jpg",
-        seal(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
+        sealed(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
     tracemalloc.start()
     try:

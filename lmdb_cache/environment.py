@@ -237,7 +237,7 @@ def _forget_inherited() -> None:
     _OWNER_PID = os.getpid()
 
 
-def _close_all_at_exit() -> None:
+def close_all() -> None:
     """Release this process's reader slots before it exits: closing an environment aborts
     its transactions and frees every slot this process holds in the lock file."""
     with _LOCK:
@@ -258,8 +258,8 @@ def _register_exit_hooks() -> None:
     if _EXIT_HOOK_PID == os.getpid():
         return
     _EXIT_HOOK_PID = os.getpid()
-    atexit.register(_close_all_at_exit)
-    multiprocessing.util.Finalize(None, _close_all_at_exit, exitpriority=100)
+    atexit.register(close_all)
+    multiprocessing.util.Finalize(None, close_all, exitpriority=100)
 
 
 if hasattr(os, "register_at_fork"):

@@ -62,7 +62,12 @@ def call_isolated(fn: Callable[..., Any], *args: Any) -> Any:
             while view:
                 view = view[os.write(write_end, view) :]
         finally:
-            os._exit(code)
+            try:  # os._exit skips atexit: release the reader slots this child took
+                from . import environment
+
+                environment.close_all()
+            finally:
+                os._exit(code)
     os.close(write_end)
     chunks = []
     try:

@@ -295,6 +295,9 @@ def validate_command(
         _fail_usage(str(e))
         return
     except CacheError as e:
+        if as_json:  # still one document
+            problem = {"kind": "error", "key": None, "message": str(e)}
+            _emit_json({"path": cache, "ok": False, "problems": [problem]})
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     finally:

@@ -158,11 +158,13 @@ class SharedEnv:
     points into unmapped memory.
     """
 
-    def __init__(self, path: str, env: lmdb.Environment, locked: bool) -> None:
+    def __init__(
+        self, path: str, env: lmdb.Environment, locked: bool, identity: tuple[int, int] | None
+    ) -> None:
         self.path = path
         self.env = env
         self.locked = locked
-        self.identity = file_identity(path)
+        self.identity = identity
         self.pid = os.getpid()
         self.readers = 0
         self.views = 0
@@ -286,9 +288,12 @@ def acquire(path: str, lock: bool | None) -> SharedEnv:
             shared.close_if_unused()
             shared = None
         if shared is None:
+            # The identity is taken before opening: a store swapped in between is then seen
+            # as replaced at the next snapshot (one reopen too many), never the other way.
+            identity = file_identity(path)
             check_data_file(path)
             env, locked = _open(path, lock)
-            shared = _ENVS[real] = SharedEnv(real, env, locked)
+            shared = _ENVS[real] = SharedEnv(real, env, locked, identity)
             _register_exit_hooks()
         shared.readers += 1
         return shared

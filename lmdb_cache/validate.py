@@ -273,7 +273,10 @@ def _walk(path: str, checksums: bool, progress: ProgressFn | None) -> dict[str, 
         return out
     with reader:
         out["manifest"] = dict(reader.manifest)
-        _RecordWalk(reader, checksums, progress, out).run()
+        try:
+            _RecordWalk(reader, checksums, progress, out).run()
+        except CacheError as e:  # e.g. the store was replaced or cut while it was walked
+            out["problems"].append(["damaged", None, str(e)])
     return out
 
 

@@ -6,10 +6,12 @@ lock), so no decoding process inherits an LMDB environment or the lock.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
 import sys
 import zlib
 from collections import deque
@@ -78,7 +80,24 @@ def start_pool(workers: int) -> multiprocessing.pool.Pool | None:
     if workers <= 1:
         return None
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return multiprocessing.get_context(method).Pool(workers, initializer=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """On Linux, ask the kernel to kill this worker when the build process dies (kill -9):
+    otherwise it finishes its image and dies on a broken pipe with a traceback."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request was made
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def run_tasks(

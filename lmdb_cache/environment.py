@@ -113,6 +113,15 @@ def check_data_file(path: str) -> None:
             f"cache '{path}' does not exist; build it with 'build-cache SRC -o {path}'"
         )
     data_file = os.path.join(path, "data.mdb")
+    if not os.path.isdir(path):
+        raise NotACacheError(
+            f"'{path}' is a file, not a cache folder; pass the folder build-cache wrote"
+        )
+    if os.path.exists(data_file) and not os.path.isfile(data_file):
+        raise NotACacheError(
+            f"'{data_file}' is not a regular file, so '{path}' is not a cache; pass the folder "
+            "build-cache wrote"
+        )
     if not os.path.isfile(data_file):
         raise NotACacheError(
             f"'{path}' holds no LMDB store (no data.mdb); pass the folder build-cache wrote"

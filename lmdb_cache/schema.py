@@ -35,6 +35,8 @@ DATABASES = (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
 def foreign_flags(flags: dict[str, Any]) -> list[str]:
     """The LMDB flags (of ``_Database.flags()``) a cache database must not have."""
     return sorted(name for name, on in flags.items() if on)
+
+
 # Reader slots in the lock file; set by whoever creates it, so writer and readers agree.
 MAX_READERS = 2048
 

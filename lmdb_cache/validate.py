@@ -51,6 +51,7 @@ from .schema import (
     check_meta,
     decode_key,
     display_key,
+    key_problem,
     unseal,
 )
 
@@ -343,6 +344,12 @@ class _RecordWalk:
 
     def _check_meta(self, raw_key: bytes) -> None:
         key = decode_key(raw_key)
+        problem = key_problem(key)
+        if problem is not None:  # build-cache never stores one: a damaged or crafted key
+            name = display_key(key)
+            self.problem("bad-key", name, f"{name}: not a valid image key ({problem})")
+            self.metas[key] = {}
+            return
         raw, error = self._get(DB_META, raw_key)
         if raw is None:
             why = error or "listed by the database but not found by a lookup (a damaged page)"
@@ -440,7 +447,7 @@ def _merge(report: ValidationReport, walk: dict[str, Any], fixes: _Fixes) -> Non
     if report.manifest is not None:
         fixes.learn_source(report.manifest)
     record_kinds = {"unreadable", "corrupt-meta", "checksum", "size-mismatch", "orphan-pixels",
-                    "missing-pixels", "corrupt-failure"}  # fmt: skip
+                    "missing-pixels", "corrupt-failure", "bad-key"}  # fmt: skip
     for kind, key, message in walk["problems"]:
         message = message.replace("{update}", fixes.update)
         if kind in record_kinds:

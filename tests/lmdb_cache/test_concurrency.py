@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from lmdb_cache import build_cache, open_cache
 from lmdb_cache.cli import build_command
+
+from .conftest import noisy_image, save_image
 
 BIN = Path(sys.executable).parent
 
@@ -80,3 +83,60 @@ def test_lock_is_released_when_a_build_ends(many_images, tmp_path):
     output = tmp_path / "c.lmdb"
     build_cache(many_images, output, max_side=16, workers=1)
     assert build_cache(many_images, output, workers=1).unchanged == 48
+
+
+def test_holder_pid_written_just_after_the_lock_is_still_named(many_images, tmp_path):
+    """The holder takes the lock, then writes its pid: a build failing in between waits for it."""
+    import fcntl
+    import threading
+
+    from lmdb_cache import BuildLockedError
+
+    output = tmp_path / "c.lmdb"
+    output.mkdir()
+    fd = os.open(output / "build.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        threading.Timer(0.1, lambda: os.pwrite(fd, b"4242\n", 0)).start()
+        try:
+            build_cache(many_images, output, workers=1)
+        except BuildLockedError as e:
+            assert e.pid == 4242 and "process 4242" in str(e)
+        else:
+            raise AssertionError("the build did not see the lock")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_decoding_workers_die_with_a_killed_build(tmp_path):
+    import psutil
+
+    source = tmp_path / "big"
+    for i in range(4):  # large noisy JPEGs: each takes a worker a few hundred milliseconds
+        save_image(source / f"big_{i}.jpg", noisy_image(4000, 3000, seed=i))
+    build = subprocess.Popen(
+        [BIN / "build-cache", source, "-o", tmp_path / "c.lmdb", "-j", "2", "-q"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    parent = psutil.Process(build.pid)
+    deadline = time.monotonic() + 30
+    workers: list = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = parent.children()
+        time.sleep(0.01)
+    assert len(workers) == 2, "the build never started its decoding workers"
+    time.sleep(0.2)  # they are decoding now
+    os.kill(build.pid, signal.SIGKILL)
+    time.sleep(0.1)
+
+    def alive(process: psutil.Process) -> bool:
+        try:  # a zombie is dead: only its parent (gone) could collect it
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    stderr = build.communicate()[1]
+    assert [w.pid for w in workers if alive(w)] == [] and "Traceback" not in stderr

@@ -145,3 +145,26 @@ def test_key_that_is_not_a_str_raises_type_error(tiny_cache, key, access):
 def test_key_that_is_not_a_str_is_not_contained(tiny_cache):
     with open_cache(tiny_cache) as reader:
         assert 123 not in reader
+
+
+def test_record_key_that_is_not_utf8_is_a_problem(tiny_cache):
+    with open_cache(tiny_cache) as reader:
+        meta = dict(reader.meta("a.jpg"))
+        pixels = reader["a.jpg"].image.tobytes()
+    bad = b"bad-\xff\xfe.jpg"
+    put_raw(tiny_cache, b"meta", bad, sealed(meta, bad))
+    put_raw(tiny_cache, b"pixels", bad, pixels)
+    problems = [(p.kind, p.key) for p in validate_cache(tiny_cache).problems]
+    assert ("bad-key", "bad-\\xff\\xfe.jpg") in problems
+
+
+def test_data_file_that_is_a_folder_is_named(tmp_path):
+    (tmp_path / "c.lmdb" / "data.mdb").mkdir(parents=True)
+    with pytest.raises(NotACacheError, match="data.mdb' is not a regular file"):
+        open_cache(tmp_path / "c.lmdb")
+
+
+def test_file_in_place_of_the_cache_folder_is_named(tmp_path):
+    (tmp_path / "c.lmdb").write_bytes(b"x")
+    with pytest.raises(NotACacheError, match="is a file, not a cache folder"):
+        open_cache(tmp_path / "c.lmdb")

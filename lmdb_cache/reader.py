@@ -48,6 +48,7 @@ from .schema import (
     check_meta,
     decode_key,
     decode_manifest,
+    display_key,
     encode_key,
     foreign_flags,
     unseal,
@@ -427,6 +428,16 @@ class CacheReader:
             raise CorruptRecordError(key, f"LMDB cannot read its metadata ({e})", self.path) from e
         if raw is None:
             raise MissingImageError(key, self.path)
+        if not key.isascii():
+            try:
+                ekey.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptRecordError(
+                    display_key(key),
+                    "its stored key is not valid UTF-8 (build-cache never stores one: the store "
+                    "is damaged or was written by something else)",
+                    self.path,
+                ) from None
         try:
             meta = check_meta(unseal(raw, ekey))
         except ValueError as e:

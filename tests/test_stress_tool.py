@@ -1,4 +1,4 @@
-"""tools/stress_cache.py and its byte map, tools/lmdb_regions.py."""
+"""tools/stress_cache.py and its byte map, tools/stress/regions.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import lmdb
 import pytest
 
 from lmdb_cache import build_cache
-from tools.lmdb_regions import METADATA, PIXELS, REGIONS, map_regions
 from tools.make_samples import generate
+from tools.stress.regions import METADATA, PIXELS, REGIONS, map_regions
 from tools.stress_cache import main
 
 DATABASES = (b"manifest", b"meta", b"pixels", b"failures")

@@ -168,3 +168,14 @@ def test_file_in_place_of_the_cache_folder_is_named(tmp_path):
     (tmp_path / "c.lmdb").write_bytes(b"x")
     with pytest.raises(NotACacheError, match="is a file, not a cache folder"):
         open_cache(tmp_path / "c.lmdb")
+
+
+def test_record_key_that_is_not_utf8_fails_the_reader(tiny_cache):
+    with open_cache(tiny_cache) as reader:
+        meta = dict(reader.meta("a.jpg"))
+    bad = b"bad-\xff\xfe.jpg"
+    put_raw(tiny_cache, b"meta", bad, sealed(meta, bad))
+    with open_cache(tiny_cache) as reader:
+        (listed,) = [k for k in reader.keys() if k.startswith("bad-")]
+        with pytest.raises(CorruptRecordError, match=r"'bad-\\\\xff\\\\xfe.jpg'.*not valid UTF-8"):
+            reader[listed]

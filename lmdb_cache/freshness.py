@@ -45,7 +45,7 @@ def changed_sources(
     # This loop runs once per image at every start-up: locals, and a prefix instead of
     # os.path.join per key (keys are relative POSIX paths, which os.stat takes everywhere).
     prefix = os.path.join(base, "")
-    stat, meta_of = os.stat, reader.meta
+    stat, meta_of = os.stat, reader.meta_uncached
     changed = []
     for key in keys:
         try:

@@ -417,7 +417,19 @@ class CacheReader:
         snap = self._snapshot()
         return snap.metas.get(key) or self._load_meta(snap, key)
 
-    def _load_meta(self, snap: _Snapshot, key: str) -> dict[str, Any]:
+    def meta_uncached(self, key: str) -> dict[str, Any]:
+        """:meth:`meta` without keeping the result: for one pass over many keys (a start-up
+        check of every record) that should not hold them all in memory.
+
+        Raises:
+            See :meth:`meta`.
+        """
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        snap = self._snapshot()
+        return snap.metas.get(key) or self._load_meta(snap, key, keep=False)
+
+    def _load_meta(self, snap: _Snapshot, key: str, keep: bool = True) -> dict[str, Any]:
         try:
             ekey = encode_key(key)
         except ValueError:
@@ -442,7 +454,8 @@ class CacheReader:
             meta = check_meta(unseal(raw, ekey))
         except ValueError as e:
             raise CorruptRecordError(key, f"metadata: {e}", self.path) from e
-        snap.metas[key] = meta
+        if keep:
+            snap.metas[key] = meta
         return meta
 
     def view(self, key: str) -> Record:

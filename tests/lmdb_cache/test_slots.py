@@ -172,3 +172,24 @@ def test_forked_process_that_ends_without_closing_releases_its_slot(many_cache):
             child.join()
             assert child.exitcode == 0
         assert env.info()["num_readers"] <= 2
+
+
+def test_start_up_check_of_every_record_keeps_no_metadata(many_images, many_cache):
+    """changed_sources reads every record's metadata once; holding them all would cost about a
+    kilobyte per key in the main process of a training run."""
+    import tracemalloc
+
+    from lmdb_cache.freshness import changed_sources
+
+    keys = sorted(p.name for p in many_images.iterdir())
+    with open_cache(many_cache) as reader:
+        expected = {k: dict(reader.meta(k)) for k in keys[:3]}
+        reader.refresh()
+        tracemalloc.start()
+        try:
+            assert changed_sources(reader, many_images, keys) == []
+            kept = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert kept < 16 * 1024  # 48 metadata maps would be ~40 KB
+        assert {k: reader.meta_uncached(k) for k in keys[:3]} == expected

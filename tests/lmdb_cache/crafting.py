@@ -1,4 +1,5 @@
-"""Writing values into a store the way an attacker (or a bit flip) could, bypassing the writer.
+"""Writing values into a store the way an attacker (or a bit flip) could, bypassing the writer;
+and a deliberately slow build.
 
 ``sealed`` builds the sealed layout of docs/format.md by hand (msgpack payload, then a
 little-endian CRC-32 of the key and the payload), independently of ``schema.seal``.
@@ -32,3 +33,18 @@ def put_raw(store: Path, db: bytes, key: bytes, value: bytes | None) -> None:
                 txn.put(key, value, db=handle)
     finally:
         env.close()
+
+
+# A build whose decoding is slowed down (``seconds`` per image), so that a test can act while it
+# runs: `python -c SLOW_BUILD SRC OUT MAX_SIDE SECONDS [rebuild]`.
+SLOW_BUILD = """
+import sys, time
+from lmdb_cache import build_cache, decoding
+slow = decoding.decode_bytes
+def decode_slowly(*args, **kwargs):
+    time.sleep(float(sys.argv[4]))
+    return slow(*args, **kwargs)
+decoding.decode_bytes = decode_slowly
+build_cache(sys.argv[1], sys.argv[2], max_side=int(sys.argv[3]), workers=1, commit_images=4,
+            rebuild=sys.argv[5:] == ["rebuild"])
+"""

@@ -17,24 +17,15 @@ from lmdb_cache import build_cache, open_cache
 from lmdb_cache.cli import build_command
 
 from .conftest import noisy_image, save_image
+from .crafting import SLOW_BUILD
 
 BIN = Path(sys.executable).parent
 
-# A build whose decoding is slowed down, so another one can be started while it runs.
-SLOW_BUILD = """
-import sys, time
-from lmdb_cache import build_cache, decoding
-slow = decoding.decode_bytes
-def decode_slowly(*args, **kwargs):
-    time.sleep(0.1)
-    return slow(*args, **kwargs)
-decoding.decode_bytes = decode_slowly
-build_cache(sys.argv[1], sys.argv[2], max_side=int(sys.argv[3]), workers=1, commit_images=4)
-"""
-
 
 def _start_slow_build(source: Path, output: Path, max_side: int) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, source, output, str(max_side)])
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_BUILD, source, output, str(max_side), "0.1"]
+    )
     lock = output / "build.lock"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

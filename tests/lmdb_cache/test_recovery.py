@@ -22,7 +22,7 @@ from lmdb_cache.cli import build_command
 from lmdb_cache.images import decode_file
 from lmdb_cache.validate import validate_cache
 
-from .crafting import put_raw, sealed
+from .crafting import SLOW_BUILD, put_raw, sealed
 from .pages import DataFile, flip
 
 
@@ -144,22 +144,11 @@ def test_fix_printed_for_an_interrupted_build_works_as_printed(many_cache, many_
     assert validate_cache(many_cache, source=many_images).ok
 
 
-SLOW_REBUILD = """
-import sys, time
-from lmdb_cache import build_cache, decoding
-slow = decoding.decode_bytes
-def decode_slowly(*args, **kwargs):
-    time.sleep(0.2)
-    return slow(*args, **kwargs)
-decoding.decode_bytes = decode_slowly
-build_cache(sys.argv[1], sys.argv[2], max_side=16, rebuild=True, workers=1, commit_images=4)
-"""
-
-
 def test_killed_rebuild_leaves_the_old_store_and_the_next_build_removes_its_folder(
     many_cache, many_images
 ):
-    child = subprocess.Popen([sys.executable, "-c", SLOW_REBUILD, many_images, many_cache])
+    rebuild = [many_images, many_cache, "16", "0.2", "rebuild"]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, *rebuild])
     leftover = many_cache.parent / f".{many_cache.name}.rebuild-{child.pid}"
     deadline = time.monotonic() + 60
     while not (leftover / "data.mdb").exists() and time.monotonic() < deadline:

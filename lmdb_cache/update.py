@@ -114,15 +114,18 @@ def _plan(
     """Queue what is known before decoding (removals, unusable names); return the records
     the store keeps and the sources to decode."""
     metas, records, failed = _stored_records(store)
-    wanted = {k.encode("utf-8", "surrogateescape") for k in keys}
+    # Records of removed sources go, and so does any record under a key no source could have
+    # (a damaged or crafted store): its source is then decoded again.
+    wanted = {encode_key(k) for k in keys if key_problem(k) is None}
     for ekey in sorted(records - wanted):
         batch.ops += [(DB_META, ekey, None), (DB_PIXELS, ekey, None)]
-        result.removed += decode_key(ekey) in metas
+        if decode_key(ekey) in metas:
+            result.removed += 1
     for fkey in sorted(failed - {failure_key(k) for k in keys}):
         batch.ops.append((DB_FAILURES, fkey, None))
         failed.discard(fkey)
     batch.failed = failed
-    metas = {key: meta for key, meta in metas.items() if key.encode() in wanted}
+    metas = {key: meta for key, meta in metas.items() if encode_key(key) in wanted}
     batch.sizes = {key: meta["nbytes"] for key, meta in metas.items()}
     batch.committed_images = len(batch.sizes)
     tasks: list[tuple[str, str | None]] = []

@@ -179,3 +179,14 @@ def test_record_key_that_is_not_utf8_fails_the_reader(tiny_cache):
         (listed,) = [k for k in reader.keys() if k.startswith("bad-")]
         with pytest.raises(CorruptRecordError, match=r"'bad-\\\\xff\\\\xfe.jpg'.*not valid UTF-8"):
             reader[listed]
+
+
+def test_update_removes_a_record_whose_key_is_not_utf8(tiny_images, tiny_cache):
+    with open_cache(tiny_cache) as reader:
+        meta = dict(reader.meta("a.jpg"))
+        pixels = reader["a.jpg"].image.tobytes()
+    bad = b"bad-\xff\xfe.jpg"
+    put_raw(tiny_cache, b"meta", bad, sealed(meta, bad))
+    put_raw(tiny_cache, b"pixels", bad, pixels)
+    result = build_cache(tiny_images, tiny_cache, workers=1)
+    assert result.removed == 1 and validate_cache(tiny_cache, source=tiny_images).ok

@@ -247,48 +247,50 @@ def _build_locked(
     result: BuildResult,
 ) -> None:
     """The build proper, with the store's build lock held."""
-    existing: dict | None = None
-    store: WriteStore | None = None
     replacing = rebuild and store_exists(output)
-    if replacing:
-        stored = _stored_settings(output)
-    elif store_exists(output):
-        store = WriteStore(output)  # refuses a truncated or structurally damaged store
-        try:
-            raw = store.get(DB_MANIFEST, MANIFEST_KEY)
-            if raw is None and not store.is_empty():
-                raise NotACacheError(
-                    f"output '{output}' is an LMDB store but not an image cache (it has no "
-                    "manifest); choose another -o"
-                )
-            existing = None if raw is None else decode_manifest(raw, output)
-        except BaseException:
-            store.close()
-            raise
-        stored = existing["settings"] if existing else None
-    else:
-        stored = None
+    store, existing = (None, None) if replacing else _open_existing(output)
+    target = output
     try:
-        settings = _settings(asked, stored, rebuild, replacing, output, result)
-    except BaseException:
-        if store is not None:
-            store.close()
-        raise
-    target = rebuild_dir(output) if replacing else output
-    if store is None:
-        store = WriteStore(target)
-    result.settings = settings
-    try:
+        stored = _stored_settings(output) if replacing else (existing or {}).get("settings")
+        result.settings = settings = _settings(asked, stored, rebuild, replacing, output, result)
+        if replacing:
+            target = rebuild_dir(output)
+        if store is None:
+            store = WriteStore(target)
         manifest = _start_manifest(store, source, output, settings, existing, result)
         update(store, source, keys, settings, manifest, pool, workers, batch, progress, result)
     except BaseException:
-        store.close()
-        if replacing:
-            remove_store_dir(target)
+        if store is not None:
+            store.close()
+        if target != output:
+            remove_store_dir(target)  # the old store stays as it was
         raise
     store.close()
-    if replacing:
+    if target != output:
         result.warnings += replace_store(target, output)
+
+
+def _open_existing(output: str) -> tuple[WriteStore | None, dict | None]:
+    """The store at ``output`` opened for writing, and its manifest; (None, None) if none.
+
+    Raises:
+        TruncatedStoreError, StoreDamagedError: the store is damaged.
+        NotACacheError, FormatVersionError: it is not a store this version updates.
+    """
+    if not store_exists(output):
+        return None, None
+    store = WriteStore(output)  # refuses a truncated or structurally damaged store
+    try:
+        raw = store.get(DB_MANIFEST, MANIFEST_KEY)
+        if raw is None and not store.is_empty():
+            raise NotACacheError(
+                f"output '{output}' is an LMDB store but not an image cache (it has no "
+                "manifest); choose another -o"
+            )
+        return store, None if raw is None else decode_manifest(raw, output)
+    except BaseException:
+        store.close()
+        raise
 
 
 def _stored_settings(output: str) -> dict | None:

@@ -28,13 +28,20 @@ import os
 import struct
 import sys
 import threading
+import time
 import warnings
 import weakref
 from typing import Any
 
 import lmdb
 
-from .errors import CacheError, CacheNotFoundError, NotACacheError, TruncatedStoreError
+from .errors import (
+    CacheError,
+    CacheNotFoundError,
+    NotACacheError,
+    TruncatedStoreError,
+    damaged,
+)
 from .schema import MAX_DBS, MAX_READERS
 
 # Address space reserved for each read mapping: 1 TiB on 64-bit systems. It costs no memory
@@ -151,6 +158,37 @@ def structure_problems(path: str) -> list[str]:
         return [f"cannot read {os.path.join(path, 'data.mdb')}: {e.strerror or e}"]
 
 
+def checked_structure(path: str) -> list[str]:
+    """:func:`structure_problems`, taken while a snapshot pins the pages the check walks.
+
+    A build committing during the check could still make it see a half-written state; a
+    finding is kept only if it holds on a check during which no commit happened.
+    """
+    data_file = os.path.join(path, "data.mdb")
+    problems: list[str] = []
+    for _ in range(3):
+        before = meta_state(data_file)[2]
+        try:
+            shared: SharedEnv | None = acquire(path, None)
+        except CacheError:
+            shared = None  # LMDB cannot open it: check without a pin
+        try:
+            if shared is not None:
+                with shared.env.begin():
+                    problems = structure_problems(path)
+            else:
+                problems = structure_problems(path)
+        except lmdb.Error:
+            problems = structure_problems(path)
+        finally:
+            if shared is not None:
+                release(shared)
+        if not problems or meta_state(data_file)[2] == before:
+            return problems
+        time.sleep(0.1)
+    return problems
+
+
 def file_identity(path: str) -> tuple[int, int] | None:
     """(device, inode) of the store's data file, or None if it is gone."""
     try:
@@ -178,6 +216,40 @@ class SharedEnv:
         self.readers = 0
         self.views = 0
         self.verified = False  # structure checked once per process (readers with verify=True)
+
+    def begin_read(self) -> lmdb.Transaction:
+        """A read transaction (a snapshot) with buffers, from this process's environment.
+
+        Raises:
+            CacheError: the store outgrew the reserved read map while other readers or views
+                of this process hold the mapping, or every reader slot is held by a live
+                process.
+            StoreDamagedError: LMDB reports damage.
+        """
+        env = self.env
+        try:
+            return env.begin(buffers=True)
+        except lmdb.MapResizedError:
+            # Only a store larger than the reserved read map gets here.
+            if self.readers > 1 or self.views:
+                raise CacheError(
+                    f"cache '{self.path}' grew past this process's read map; other readers or "
+                    "views of it are open in this process, so it cannot be remapped under "
+                    "them: close them (or restart the process) and read again"
+                ) from None
+            env.set_mapsize(0)
+            return env.begin(buffers=True)
+        except lmdb.ReadersFullError:
+            env.reader_check()  # slots of dead processes
+            try:
+                return env.begin(buffers=True)
+            except lmdb.ReadersFullError as e:
+                raise CacheError(
+                    f"cache '{self.path}': all LMDB reader slots are held by live processes; "
+                    "fewer workers or readers, or close readers that are no longer used"
+                ) from e
+        except lmdb.Error as e:
+            raise damaged(self.path, "to begin a read transaction", e) from e
 
     def close_if_unused(self) -> None:
         """Close the environment if no reader and no view holds it (call with the lock)."""

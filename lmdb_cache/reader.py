@@ -30,7 +30,6 @@ import numpy as np
 
 from . import environment
 from .errors import (
-    CacheError,
     CorruptRecordError,
     MissingImageError,
     NotACacheError,
@@ -212,7 +211,7 @@ class CacheReader:
                     self._verify_structure(shared)
             else:
                 environment.check_data_file(self.path)
-            txn = self._begin_txn(shared)
+            txn = shared.begin_read()
         except BaseException:
             self.close()
             raise
@@ -228,9 +227,7 @@ class CacheReader:
     def _verify_structure(self, shared: environment.SharedEnv) -> None:
         if shared.verified:
             return
-        # A read transaction pins the pages the check walks while a build commits.
-        with shared.env.begin():
-            problems = environment.structure_problems(self.path)
+        problems = environment.checked_structure(self.path)
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise StoreDamagedError(
@@ -239,32 +236,6 @@ class CacheReader:
                 + f"{more}; rebuild it with 'build-cache SRC -o {self.path} --rebuild'"
             )
         shared.verified = True
-
-    def _begin_txn(self, shared: environment.SharedEnv) -> lmdb.Transaction:
-        env = shared.env
-        try:
-            return env.begin(buffers=True)
-        except lmdb.MapResizedError:
-            # Only a store larger than the reserved read map gets here.
-            if shared.readers > 1 or shared.views:
-                raise CacheError(
-                    f"cache '{self.path}' grew past this process's read map; other readers or "
-                    "views of it are open in this process, so it cannot be remapped under "
-                    "them: close them (or restart the process) and read again"
-                ) from None
-            env.set_mapsize(0)
-            return env.begin(buffers=True)
-        except lmdb.ReadersFullError:
-            env.reader_check()  # slots of dead processes
-            try:
-                return env.begin(buffers=True)
-            except lmdb.ReadersFullError as e:
-                raise CacheError(
-                    f"cache '{self.path}': all LMDB reader slots are held by live processes; "
-                    "fewer workers or readers, or close readers that are no longer used"
-                ) from e
-        except lmdb.Error as e:
-            raise damaged(self.path, "to begin a read transaction", e) from e
 
     def _open_snapshot(self, shared: environment.SharedEnv, txn: lmdb.Transaction) -> _Snapshot:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 import lmdb
 
 from . import environment
-from .environment import check_data_file, meta_state, structure_problems
+from .environment import check_data_file
 from .errors import (
     CacheError,
     CacheNotFoundError,
@@ -168,7 +167,7 @@ def validate_cache(
     except CacheError as e:
         report.problem("format", None, str(e))
         return report
-    structure = _structure(path)
+    structure = environment.checked_structure(path)
     for problem in structure:
         report.problem("lmdb-structure", None, f"LMDB structure: {problem}; {fixes.rebuild}")
     if structure:
@@ -220,37 +219,6 @@ class _Fixes:
     @property
     def rebuild(self) -> str:
         return f"rebuild it with 'build-cache {self.source} -o {self.path} --rebuild'"
-
-
-def _structure(path: str) -> list[str]:
-    """LMDB's structural findings, taken while a snapshot pins the pages the check walks.
-
-    A build committing during the check could still make it see a half-written state; a
-    finding is kept only if it holds on a check during which no commit happened.
-    """
-    data_file = os.path.join(path, "data.mdb")
-    problems: list[str] = []
-    for _ in range(3):
-        before = meta_state(data_file)[2]
-        try:
-            shared = environment.acquire(path, None)
-        except CacheError:
-            shared = None
-        try:
-            if shared is not None:
-                with shared.env.begin():
-                    problems = structure_problems(path)
-            else:
-                problems = structure_problems(path)
-        except lmdb.Error:
-            problems = structure_problems(path)
-        finally:
-            if shared is not None:
-                environment.release(shared)
-        if not problems or meta_state(data_file)[2] == before:
-            return problems
-        time.sleep(0.1)
-    return problems
 
 
 def _walk(path: str, checksums: bool, progress: ProgressFn | None) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class _MaxSide(click.ParamType):
 @click.option(
     "--max-side",
     type=_MaxSide(),
+    metavar="N|none",
     default="keep",
     show_default=False,
     help="Downscale so the longest side is at most N pixels (never upscale); the scale "

@@ -147,13 +147,20 @@ def test_key_that_is_not_a_str_is_not_contained(tiny_cache):
         assert 123 not in reader
 
 
-def test_record_key_that_is_not_utf8_is_a_problem(tiny_cache):
+@pytest.fixture()
+def record_with_a_key_not_utf8(tiny_cache):
+    """A whole, well-sealed record under the key b"bad-\xff\xfe.jpg" (a copy of a.jpg's)."""
     with open_cache(tiny_cache) as reader:
         meta = dict(reader.meta("a.jpg"))
         pixels = reader["a.jpg"].image.tobytes()
     bad = b"bad-\xff\xfe.jpg"
     put_raw(tiny_cache, b"meta", bad, sealed(meta, bad))
     put_raw(tiny_cache, b"pixels", bad, pixels)
+    return tiny_cache
+
+
+def test_record_key_that_is_not_utf8_is_a_problem(record_with_a_key_not_utf8):
+    tiny_cache = record_with_a_key_not_utf8
     problems = [(p.kind, p.key) for p in validate_cache(tiny_cache).problems]
     assert ("bad-key", "bad-\\xff\\xfe.jpg") in problems
 
@@ -181,12 +188,7 @@ def test_record_key_that_is_not_utf8_fails_the_reader(tiny_cache):
             reader[listed]
 
 
-def test_update_removes_a_record_whose_key_is_not_utf8(tiny_images, tiny_cache):
-    with open_cache(tiny_cache) as reader:
-        meta = dict(reader.meta("a.jpg"))
-        pixels = reader["a.jpg"].image.tobytes()
-    bad = b"bad-\xff\xfe.jpg"
-    put_raw(tiny_cache, b"meta", bad, sealed(meta, bad))
-    put_raw(tiny_cache, b"pixels", bad, pixels)
+def test_update_removes_a_record_whose_key_is_not_utf8(tiny_images, record_with_a_key_not_utf8):
+    tiny_cache = record_with_a_key_not_utf8
     result = build_cache(tiny_images, tiny_cache, workers=1)
     assert result.removed == 1 and validate_cache(tiny_cache, source=tiny_images).ok

@@ -334,15 +334,29 @@ def close_all() -> None:
         _RETIRED.clear()
 
 
+class _AfterFork:
+    """A weak-referenceable token for multiprocessing's after-fork registry."""
+
+
+_AFTER_FORK = _AfterFork()
+
+
+def _finalize_at_exit(_: object = None) -> None:
+    multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+
+
 def _register_exit_hooks() -> None:
-    # multiprocessing clears its finalizer registry in each new child, so the hook is
-    # registered by every process when it first opens a store, not inherited.
+    # Registered by every process when it first opens a store, not inherited. A spawn or
+    # forkserver worker unpickles its dataset (and so opens its readers) before multiprocessing
+    # clears the finalizer registry in the new process, so the finalizer is registered again
+    # right after that clear; a forkserver worker ends with os._exit, skipping atexit.
     global _EXIT_HOOK_PID
     if _EXIT_HOOK_PID == os.getpid():
         return
     _EXIT_HOOK_PID = os.getpid()
     atexit.register(close_all)
-    multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+    _finalize_at_exit()
+    multiprocessing.util.register_after_fork(_AFTER_FORK, _finalize_at_exit)
 
 
 if hasattr(os, "register_at_fork"):

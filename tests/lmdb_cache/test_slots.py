@@ -5,6 +5,7 @@ snapshot so it does not pin old pages while the store is updated."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,13 @@ def test_dataloader_workers_release_their_reader_slots(many_cache, method, epoch
         assert len(list(loader)) == 6
     # Leaked slots would add `workers` per epoch; freed ones are reused.
     assert _slots_used(dataset.reader) <= workers + 2
+    # And no slot of the last epoch's workers is left behind (nothing has cleared them since).
+    assert _rows_of_dead_processes(_env(dataset.reader)) == []
+
+
+def _rows_of_dead_processes(env) -> list[str]:
+    rows = [line.split() for line in env.readers().splitlines()[1:]]
+    return [row[0] for row in rows if row and not os.path.exists(f"/proc/{row[0]}")]
 
 
 KILLED_READER = textwrap.dedent(

@@ -54,8 +54,21 @@ def init_process_group(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(wait_for_peers: bool = False) -> None:
+    """Leave the process group.
+
+    Args:
+        wait_for_peers: Meet every rank at a barrier first (after a run that ended normally).
+            A rank that tears its connections down while a peer still finishes the last
+            collective makes gloo abort that peer (SIGABRT at exit); after an error the
+            peers may never arrive, so it is not used then.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            try:
+                dist.barrier()
+            except Exception:  # a peer is gone: nothing left to wait for
+                pass
         dist.destroy_process_group()
 
 

@@ -147,9 +147,12 @@ def train(
     started = time.perf_counter()
     info, device, trainer = _setup(config)
     try:
-        return _train(config, info, device, trainer, progress and info.is_main, echo, started)
-    finally:
+        summary = _train(config, info, device, trainer, progress and info.is_main, echo, started)
+    except BaseException:
         destroy_process_group()
+        raise
+    destroy_process_group(wait_for_peers=True)
+    return summary
 
 
 def _train(
@@ -344,7 +347,7 @@ def evaluate_checkpoint(
         model = build_model(model_cfg).to(device)
         load_model_state(model, state, checkpoint)
         _, loader = _eval_loader(config, split, info)
-        return evaluate(
+        result = evaluate(
             model,
             loader,
             _normalizer(config, device),
@@ -356,5 +359,8 @@ def evaluate_checkpoint(
             progress and info.is_main,
             keep_predictions,
         )
-    finally:
+    except BaseException:
         destroy_process_group()
+        raise
+    destroy_process_group(wait_for_peers=True)
+    return result

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.normalize import DeviceNormalizer
+from .data.sample import Batch
 from .distributed import DistInfo, gather_objects, max_across_ranks, sum_across_ranks
 from .metrics import DetectionMetric, ImageCounts
 from .postprocess import DBPostProcess, Detection
@@ -101,10 +102,7 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-_TARGETS = ("prob_map", "prob_mask", "thresh_map", "thresh_mask")
-
-
-def _timed(loader: DataLoader, stats: PhaseStats) -> Iterator[dict[str, Any]]:
+def _timed(loader: DataLoader, stats: PhaseStats) -> Iterator[Batch]:
     """Yield batches, adding the time blocked waiting for each to ``stats.data_wait_s``."""
     start = time.perf_counter()
     iterator = iter(loader)  # starting the workers counts as waiting for data
@@ -146,8 +144,12 @@ def train_one_epoch(
     part_sums: dict[str, float] = {}
     with _bar(len(loader), desc, progress) as bar:
         for batch in _timed(loader, stats):
-            images = normalizer(batch["image"])
-            targets = {k: batch[k].to(device, non_blocking=True) for k in _TARGETS}
+            if batch.targets is None:
+                raise ValueError(
+                    "training batches need DBNet targets (build the dataset with targets)"
+                )
+            images = normalizer(batch.image)
+            targets = batch.targets.to(device, non_blocking=True)
             with autocast(device, amp):
                 pred = model(images)
             loss, parts = loss_fn(pred, targets)
@@ -204,21 +206,17 @@ def evaluate(
     scorer = DetectionMetric(iou_threshold=iou_threshold)
     with _bar(len(loader), desc, progress) as bar:
         for batch in _timed(loader, stats):
-            images = normalizer(batch["image"])
+            images = normalizer(batch.image)
             with autocast(device, amp):
                 prob = model(images)["prob"]
             prob_np = prob.float().cpu().numpy()
-            detections = post.batch(
-                prob_np, batch["inverse_matrix"].numpy(), batch["canonical_size"]
-            )
+            detections = post.batch(prob_np, batch.inverse_matrix, batch.canonical_size)
             for name, dets, gts, ignore in zip(
-                batch["filename"],
-                detections,
-                batch["gt_polygons"],
-                batch["gt_ignore"],
-                strict=True,
+                batch.filename, detections, batch.gt_polygons, batch.gt_ignore, strict=True
             ):
-                counts[name] = scorer.update([d.polygon for d in dets], gts, ignore)
+                counts[name] = scorer.update(
+                    [d.polygon for d in dets], gts.to_list(), ignore.tolist()
+                )
                 if keep_predictions:
                     predictions[name] = dets
             stats.images += images.shape[0]

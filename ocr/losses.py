@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.sample import TARGET_NAMES, DBNetMaps
+
 
 def _check_weight(name: str, value: float, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -38,7 +40,11 @@ def _check_weight(name: str, value: float, positive: bool = False) -> float:
     return float(value)
 
 
-def _target(batch: Mapping[str, torch.Tensor], key: str, shape: torch.Size) -> torch.Tensor:
+def _target(
+    batch: Mapping[str, torch.Tensor] | DBNetMaps, key: str, shape: torch.Size
+) -> torch.Tensor:
+    if isinstance(batch, DBNetMaps):
+        batch = {name: getattr(batch, name) for name in TARGET_NAMES}
     if key not in batch:
         raise ValueError(f"DBLoss needs batch[{key!r}], the batch has {', '.join(map(str, batch))}")
     value = batch[key]
@@ -95,7 +101,7 @@ class DBLoss(nn.Module):
         self.empty_negatives = empty_negatives
 
     def forward(
-        self, pred: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+        self, pred: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor] | DBNetMaps
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted loss of a batch.
 
@@ -103,8 +109,10 @@ class DBLoss(nn.Module):
             pred: DBNet's output: ``prob_logits`` and, from a model in training mode,
                 ``binary`` and ``thresh``, each (N, 1, H, W). Parts whose map is absent
                 (eval mode) are left out of the total.
-            batch: ``prob_map``, ``prob_mask`` and, when ``pred`` has ``thresh``,
-                ``thresh_map``, ``thresh_mask``, each (N, H, W) on the device of ``pred``.
+            batch: The targets (``DBNetMaps``, or a mapping by the same names):
+                ``prob_map``, ``prob_mask`` and, when ``pred`` has ``thresh``,
+                ``thresh_map``, ``thresh_mask``, each (N, H, W) on the device of ``pred``,
+                of any dtype (the 0/1 maps arrive as uint8 and are made float here).
 
         Returns:
             The total (a float32 scalar with gradient) and the detached parts by name

@@ -33,13 +33,14 @@ from lmdb_cache.freshness import changed_sources
 from lmdb_cache.images import cap_pixels, decode_file
 
 from .annotations import ImageAnnotation, load_annotations
+from .collate import collate, empty_batch
 from .geometry import (
-    apply,
     orientation_matrix,
     polygons_in_upright_frame,
     scale_matrix,
     upright_size,
 )
+from .sample import TARGET_DTYPES, TARGET_NAMES, Batch, DBNetMaps, PolygonSet, Sample
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,14 @@ class OCRDataset(Dataset):
             )
         self.annotations: dict[str, ImageAnnotation] = load_annotations(annotation_path)
         self.keys = list(self.annotations)
+        # Each image's polygons as one array, and its don't-care flags, made once.
+        self._polygons = {
+            key: PolygonSet.from_list(ann.polygons) for key, ann in self.annotations.items()
+        }
+        self._dont_care = {
+            key: np.array([text == DONT_CARE for text in ann.texts], dtype=bool)
+            for key, ann in self.annotations.items()
+        }
         self.transform = transform
         self.targets = targets
         self.seed = seed
@@ -295,36 +304,71 @@ class OCRDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> Sample:
+        """One sample, its image and maps in new arrays."""
+        return self._sample(index, None, None)
+
+    def __getitems__(self, indices: list[int]) -> Batch | list[Sample]:
+        """A whole batch, each sample's image and maps written straight into its slot of the
+        batch tensors (shared memory in a DataLoader worker, pinned with CUDA).
+
+        Falls back to a list of samples (for ``collate``) for a transform without a fixed
+        ``size``.
+        """
+        size = getattr(self.transform, "size", None)
+        if not isinstance(size, int) or not indices:
+            return [self[i] for i in indices]
+        n = len(indices)
+        image = empty_batch((n, size, size, 3), torch.uint8)
+        maps = None
+        if self.targets is not None:
+            maps = DBNetMaps(
+                *(
+                    empty_batch((n, size, size), _TORCH_DTYPES[TARGET_DTYPES[name]])
+                    for name in TARGET_NAMES
+                )
+            )
+        samples = []
+        for slot, index in enumerate(indices):
+            slot_maps = None
+            if maps is not None:
+                slot_maps = DBNetMaps(*(m[slot].numpy() for m in maps.values()))
+            samples.append(self._sample(index, image[slot].numpy(), slot_maps))
+        return collate(samples, image=image, targets=maps)
+
+    def _sample(
+        self, index: int, out_image: np.ndarray | None, out_maps: DBNetMaps | None
+    ) -> Sample:
         key = self.keys[index]
         loaded = self.source.load(key)
-        ann = self.annotations[key]
+        polygons = self._polygons[key]
         to_upright = orientation_matrix(loaded.orientation, loaded.raw_width, loaded.raw_height)
         if polygons_in_upright_frame(
-            ann.polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
+            polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
         ):
             to_upright = np.eye(3)
         to_image = scale_matrix(loaded.scale_x, loaded.scale_y) @ to_upright
-        polygons = [apply(to_image, p) for p in ann.polygons]
         rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
-        result = self.transform(loaded.pixels, polygons, rng)
+        result = self.transform(loaded.pixels, polygons.transformed(to_image), rng, out=out_image)
         upright_to_sample = result.matrix @ scale_matrix(loaded.scale_x, loaded.scale_y)
-        dont_care = [text == DONT_CARE for text in ann.texts]
-        sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(result.image.transpose(2, 0, 1))),
-            "polygons": [p.astype(np.float32) for p in result.polygons],
-            "ignore": [not v or d for v, d in zip(result.valid, dont_care, strict=True)],
-            # Ground truth for evaluation, in the canonical (upright, full-size) frame.
-            "gt_polygons": [apply(to_upright, p) for p in ann.polygons],
-            "gt_ignore": dont_care,
-            "inverse_matrix": np.linalg.inv(upright_to_sample).astype(np.float64),
-            "filename": key,
-            "raw_size": (loaded.raw_width, loaded.raw_height),
-            "orientation": loaded.orientation,
-            "canonical_size": upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
-        }
+        dont_care = self._dont_care[key]
+        sample = Sample(
+            image=result.image,
+            polygons=result.polygons.astype(np.float32),
+            ignore=~np.asarray(result.valid, dtype=bool) | dont_care,
+            gt_polygons=polygons.transformed(to_upright),
+            gt_ignore=dont_care,
+            inverse_matrix=np.linalg.inv(upright_to_sample).astype(np.float64),
+            filename=key,
+            raw_size=(loaded.raw_width, loaded.raw_height),
+            orientation=loaded.orientation,
+            canonical_size=upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
+        )
         if self.targets is not None:
-            sample.update(
-                self.targets(result.image.shape[:2], sample["polygons"], sample["ignore"])
+            sample.targets = self.targets(
+                result.image.shape[:2], sample.polygons, sample.ignore, out=out_maps
             )
         return sample
+
+
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}

@@ -7,7 +7,11 @@ matrices acting on column vectors ``(x, y, 1)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from .sample import PolygonSet
 
 # For each EXIF orientation, the affine map from the raw frame (size W x H) to the upright one,
 # matching PIL.ImageOps.exif_transpose's transposition for that value.
@@ -76,7 +80,7 @@ def fits(points: np.ndarray, width: float, height: float, slack: float = 1.0) ->
 
 
 def polygons_in_upright_frame(
-    polygons: list[np.ndarray], orientation: int, raw_width: int, raw_height: int
+    polygons: Sequence[np.ndarray] | PolygonSet, orientation: int, raw_width: int, raw_height: int
 ) -> bool:
     """Detect annotations already given in the upright frame instead of the raw one.
 
@@ -84,8 +88,23 @@ def polygons_in_upright_frame(
     (swapped) size but not the raw size were drawn on the rotated image. Anything else is taken
     to be in the raw frame, as the format specifies.
     """
-    if orientation not in (5, 6, 7, 8) or not polygons or raw_width == raw_height:
+    if orientation not in (5, 6, 7, 8) or not len(polygons) or raw_width == raw_height:
         return False
-    fit_raw = all(fits(p, raw_width, raw_height) for p in polygons)
-    fit_upright = all(fits(p, raw_height, raw_width) for p in polygons)
-    return fit_upright and not fit_raw
+    if not isinstance(polygons, PolygonSet):
+        polygons = PolygonSet.from_list(polygons)
+    low = polygons.points.min(axis=0)
+    high = polygons.points.max(axis=0)
+    return _box_fits(low, high, raw_height, raw_width) and not _box_fits(
+        low, high, raw_width, raw_height
+    )
+
+
+def _box_fits(low: np.ndarray, high: np.ndarray, width: float, height: float) -> bool:
+    """``fits`` for points whose bounding box is ``low``-``high``."""
+    slack = 1.0
+    return bool(
+        low[0] >= -slack
+        and low[1] >= -slack
+        and high[0] <= width + slack
+        and high[1] <= height + slack
+    )

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from .collate import collate
 from .dataset import OCRDataset
-from .targets import DBNetTargets, collate
+from .targets import DBNetTargets
 from .transforms import TrainTransform, ValTransform
 
 
@@ -50,7 +51,11 @@ def build_dataset(
 def build_loader(
     dataset: OCRDataset, loader_cfg: dict[str, Any], shuffle: bool = False, sampler: Any = None
 ) -> DataLoader:
-    """A DataLoader of uint8 batches, pinned when CUDA is available."""
+    """A DataLoader of ``Batch``es (uint8 images), pinned when CUDA is available.
+
+    The dataset builds each batch in one call (``OCRDataset.__getitems__``); ``collate``
+    passes it through.
+    """
     workers = int(loader_cfg.get("num_workers", 0))
     return DataLoader(
         dataset,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +12,8 @@ from ocr.config import apply_overrides, load_config
 from ocr.data.dataset import CacheSettingsError
 from ocr.data.loader import build_dataset, build_loader
 from tools.make_samples import generate
+
+from .batches import assert_batches_equal
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +36,8 @@ def _batches(config, split="val_dataset", workers=0, **overrides):
 
 
 def _assert_same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x["filename"] == y["filename"]
-        for name in (
-            "image",
-            "prob_map",
-            "prob_mask",
-            "thresh_map",
-            "thresh_mask",
-            "inverse_matrix",
-        ):
-            assert torch.equal(x[name], y[name]), name
-        for p, q in zip(x["polygons"], y["polygons"], strict=True):
-            for u, v in zip(p, q, strict=True):
-                np.testing.assert_array_equal(u, v)
+    assert_batches_equal(a, b)
+    assert all(batch.targets is not None for batch in a)
 
 
 @pytest.mark.parametrize("source", ["preload", "cache"])
@@ -68,7 +56,7 @@ def test_capped_cache_gives_the_disk_batches_at_the_same_max_side(samples):
 
 def test_batches_are_uint8(samples):
     _, config = samples
-    assert _batches(config)[0]["image"].dtype == torch.uint8
+    assert _batches(config)[0].image.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("workers", [2, 4], ids=lambda w: f"workers{w}")

@@ -44,10 +44,10 @@ def _write_case(folder, orientation, upright_frame=False, polygon=POLYGON):
 
 def _coverage(sample) -> tuple[float, float]:
     """Fraction of the mapped polygon's pixels that are white, and of white pixels inside it."""
-    image = sample["image"].permute(1, 2, 0).numpy()
+    image = sample.image
     white = image.mean(axis=2) > 127
     mask = Image.new("L", (image.shape[1], image.shape[0]), 0)
-    ImageDraw.Draw(mask).polygon([tuple(p) for p in sample["polygons"][0].tolist()], fill=1)
+    ImageDraw.Draw(mask).polygon([tuple(p) for p in sample.polygons[0].tolist()], fill=1)
     inside = np.asarray(mask, dtype=bool)
     return float(white[inside].mean()), float(inside[white].mean())
 
@@ -87,9 +87,7 @@ def test_inverse_matrix_maps_sample_points_back_to_the_upright_image(tmp_path):
     ann = _write_case(tmp_path / "img", 6)
     ds = OCRDataset(tmp_path / "img", ann, ValTransform(640))
     sample = ds[0]
-    back = (
-        sample["polygons"][0] @ sample["inverse_matrix"][:2, :2].T + sample["inverse_matrix"][:2, 2]
-    )
+    back = sample.polygons[0] @ sample.inverse_matrix[:2, :2].T + sample.inverse_matrix[:2, 2]
     # Orientation 6 (90 degrees clockwise): raw (x, y) -> upright (H - y, x), hand-computed.
     expected = np.array([[RAW_H - y, x] for x, y in POLYGON])
     np.testing.assert_allclose(back, expected, atol=1e-3)
@@ -101,7 +99,7 @@ def test_train_transform_polygon_lands_on_its_pixels(tmp_path, seed):
     transform = TrainTransform(640, scale_range=(0.8, 1.2), flip_prob=0.5)
     ds = OCRDataset(tmp_path / "img", ann, transform, seed=seed)
     sample = ds[0]
-    assert sample["ignore"] == [False]
+    assert sample.ignore.tolist() == [False]
     polygon_white, white_inside = _coverage(sample)
     # Upscaling blurs the edge over a wider band than at validation size; a misplaced or
     # mirrored polygon scores far below these bounds.

@@ -20,16 +20,16 @@ def test_samples_use_orientations_3_6_8_and_polygons_cover_ink(tmp_path):
     ds = OCRDataset(tmp_path / "img", ann_path, ValTransform(640))
     for index in range(len(ds)):
         sample = ds[index]
-        grey = sample["image"].float().mean(dim=0).numpy()
-        content_w = int(sample["canonical_size"][0] / sample["inverse_matrix"][0, 0])
-        content_h = int(sample["canonical_size"][1] / sample["inverse_matrix"][1, 1])
+        grey = sample.image.astype(np.float32).mean(axis=2)
+        content_w = int(sample.canonical_size[0] / sample.inverse_matrix[0, 0])
+        content_h = int(sample.canonical_size[1] / sample.inverse_matrix[1, 1])
         ink = np.zeros_like(grey, dtype=bool)
         ink[:content_h, :content_w] = grey[:content_h, :content_w] < 128  # padding is not ink
         mask = Image.new("L", (640, 640), 0)
-        for polygon in sample["polygons"]:
+        for polygon in sample.polygons:
             ImageDraw.Draw(mask).polygon([tuple(p) for p in polygon.tolist()], fill=1)
         inside = np.asarray(mask, dtype=bool)
         # Text boxes hold dark ink (about 20% of their pixels); the page margin above the first
         # line holds none. Polygons left in the raw frame of a rotated file score near 0.
-        assert ink[inside].mean() > 0.1, sample["filename"]
-        assert ink[: int(0.04 * content_h), :content_w].mean() < 0.01, sample["filename"]
+        assert ink[inside].mean() > 0.1, sample.filename
+        assert ink[: int(0.04 * content_h), :content_w].mean() < 0.01, sample.filename

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ocr.data.sample import TARGET_NAMES
 from ocr.data.targets import DBNetTargets
 from ocr.losses import DBLoss
 from ocr.models import DBNet, build_model, load_backbone_weights
@@ -346,7 +347,9 @@ def _rectangle_batch() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images[i, :, y0:y1, x0:x1] = 1.0
         polygon = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
         maps.append(DBNetTargets()(shape=(64, 64), polygons=[polygon], ignore=[False]))
-    return images, {k: torch.stack([m[k] for m in maps]) for k in maps[0]}
+    return images, {
+        k: torch.stack([torch.from_numpy(getattr(m, k)) for m in maps]) for k in TARGET_NAMES
+    }
 
 
 def test_a_few_adam_steps_reduce_the_loss_on_a_rectangle():

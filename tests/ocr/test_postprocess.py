@@ -42,7 +42,8 @@ def rect(cx: float, cy: float, w: float, h: float, degrees: float) -> np.ndarray
 
 
 def ideal_map(polygons: list[np.ndarray], shape: tuple[int, int] = (320, 320)) -> torch.Tensor:
-    return DBNetTargets(shrink_ratio=0.4)(shape, polygons, [False] * len(polygons))["prob_map"]
+    maps = DBNetTargets(shrink_ratio=0.4)(shape, polygons, [False] * len(polygons))
+    return torch.from_numpy(maps.prob_map.astype(np.float32))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,8 +8,8 @@ import re
 import shlex
 import shutil
 
+import numpy as np
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -82,8 +82,8 @@ def test_the_named_command_updates_the_cache_and_the_dataset_serves_the_new_pixe
     assert argv[0] == "build-cache"
     result = CliRunner().invoke(build_command, argv[1:] + ["--quiet"])
     assert result.exit_code == 0, result.output
-    cached = build_dataset(_cfg(sources))[INDEX]["image"]
-    assert torch.equal(cached, build_dataset(_cfg(sources, image_cache=None))[INDEX]["image"])
+    cached = build_dataset(_cfg(sources))[INDEX].image
+    assert np.array_equal(cached, build_dataset(_cfg(sources, image_cache=None))[INDEX].image)
 
 
 def test_the_named_command_updates_a_capped_cache_keeping_its_cap(sources, tmp_path):
@@ -110,10 +110,11 @@ def test_cache_stale_warn_logs_one_warning_and_serves_the_cached_pixels(sources,
     assert len(stale) == 1
     assert f"'{EDITED}'" in stale[0].getMessage()
     assert f"update it with 'build-cache {img} -o {cache}'" in stale[0].getMessage()
-    old = build_dataset(_cfg(sources, image_path=str(before), image_cache=None))[INDEX]["image"]
-    new = build_dataset(_cfg(sources, image_cache=None))[INDEX]["image"]
-    assert not torch.equal(old, new)  # the edit shows, so the next line tells which one is served
-    assert torch.equal(dataset[INDEX]["image"], old)
+    old = build_dataset(_cfg(sources, image_path=str(before), image_cache=None))[INDEX].image
+    new = build_dataset(_cfg(sources, image_cache=None))[INDEX].image
+    # The edit shows, so the next line tells which one is served.
+    assert not np.array_equal(old, new)
+    assert np.array_equal(dataset[INDEX].image, old)
 
 
 def test_touched_source_with_the_same_bytes_is_reported(sources):
@@ -147,7 +148,7 @@ def test_cache_only_machine_without_the_image_folder_starts(sources):
         image_cache=cache,
         cache_stale="error",
     )
-    assert dataset[INDEX]["filename"] == EDITED
+    assert dataset[INDEX].filename == EDITED
 
 
 def test_untouched_sources_start_without_a_warning(sources, caplog):

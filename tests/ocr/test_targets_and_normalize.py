@@ -25,37 +25,39 @@ RECT = np.array([[50, 60], [150, 60], [150, 100], [50, 100]], dtype=np.float64) 
 def test_probability_map_is_the_polygon_shrunk_by_dbnet_offset():
     # D = A (1 - r^2) / L = 4000 * 0.84 / 280 = 12: the kernel is 76 x 16 at (62, 72).
     maps = DBNetTargets(shrink_ratio=0.4)((200, 200), [RECT], [False])
-    prob = maps["prob_map"].numpy()
+    prob = maps.prob_map
     ys, xs = np.nonzero(prob)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((62, 138, 72, 88), abs=1)
-    assert prob.sum() == pytest.approx(76 * 16, rel=0.1)
+    assert int(prob.sum()) == pytest.approx(76 * 16, rel=0.1)
 
 
 def test_threshold_map_runs_from_thresh_max_at_the_edge_to_thresh_min_at_d():
     maps = DBNetTargets(thresh_min=0.3, thresh_max=0.7)((200, 200), [RECT], [False])
-    thresh = maps["thresh_map"].numpy()
+    thresh = maps.thresh_map
     assert thresh[80, 50] == pytest.approx(0.7, abs=0.03)  # on the left edge (pixel centre 0.5 off)
     assert thresh[80, 44] == pytest.approx(0.7 - 0.4 * 5.5 / 12, abs=0.03)  # 5.5 px outside
     assert thresh[5, 5] == pytest.approx(0.3)  # far away
-    assert maps["thresh_mask"].numpy()[80, 40] == 1 and maps["thresh_mask"].numpy()[5, 5] == 0
+    assert maps.thresh_mask[80, 40] == 1 and maps.thresh_mask[5, 5] == 0
 
 
 def test_ignored_polygon_is_masked_not_learned():
     maps = DBNetTargets()((200, 200), [RECT], [True])
-    assert maps["prob_map"].sum() == 0
-    assert maps["prob_mask"].numpy()[80, 100] == 0 and maps["prob_mask"].numpy()[5, 5] == 1
+    assert maps.prob_map.sum() == 0
+    assert maps.prob_mask[80, 100] == 0 and maps.prob_mask[5, 5] == 1
 
 
 def test_degenerate_polygon_is_masked():
     line = np.array([[10, 10], [100, 10], [100, 10], [10, 10]], dtype=np.float64)
     maps = DBNetTargets()((200, 200), [line], [False])
-    assert maps["prob_map"].sum() == 0
+    assert maps.prob_map.sum() == 0
 
 
 def test_device_normalization_matches_the_formula():
-    batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    nhwc = torch.randint(0, 256, (2, 8, 6, 3), dtype=torch.uint8)
+    batch = nhwc.permute(0, 3, 1, 2)  # the channels-first image, by hand
     mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.1)
-    out = DeviceNormalizer("cpu", mean, std)(batch)
+    out = DeviceNormalizer("cpu", mean, std)(nhwc)
+    assert out.shape == (2, 3, 8, 6) and out.is_contiguous()
     expected = (batch.double() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
         std
     ).view(1, 3, 1, 1)
@@ -64,7 +66,12 @@ def test_device_normalization_matches_the_formula():
 
 def test_device_normalization_refuses_float_batches():
     with pytest.raises(TypeError, match="uint8"):
-        DeviceNormalizer("cpu")(torch.zeros(1, 3, 2, 2))
+        DeviceNormalizer("cpu")(torch.zeros(1, 2, 2, 3))
+
+
+def test_device_normalization_refuses_channels_first_batches():
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        DeviceNormalizer("cpu")(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize(

@@ -57,17 +57,19 @@ def _run(cmd: list[str], capture: bool = False) -> tuple[float, str]:
 def _train(name: str, out: Path, epochs: int, overrides: list[str]) -> dict[str, Any]:
     cmd = [_script("ocr-train"), "--config", CONFIG, "--output", str(out / name), "--quiet"]
     cmd += ["--epochs", str(epochs), *overrides]
+    started = time.time()
     wall, _ = _run(cmd)
     summary = json.loads((out / name / "summary.json").read_text())
-    summary["wall_s"] = wall
+    summary.update(wall_s=wall, started=started, ended=time.time())
     return summary
 
 
 def _eval(checkpoint: Path, overrides: list[str]) -> dict[str, Any]:
     cmd = [_script("ocr-eval"), "-k", str(checkpoint), "--config", CONFIG, "--json", *overrides]
+    started = time.time()
     wall, stdout = _run(cmd, capture=True)
     result = json.loads(stdout)
-    result["wall_s"] = wall
+    result.update(wall_s=wall, started=started, ended=time.time())
     return result
 
 
@@ -94,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 when the val H-mean ends below this (0.5): the model did not learn",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="run folders")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the runs' summaries and evaluations here (with each run's start and "
+        "end time, for tools/gpu_check.sh)",
+    )
     args = parser.parse_args(argv)
     data = Path("data/demo")
     python = sys.executable
@@ -131,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         "cache": _eval(checkpoint, [val_max, _cache_overrides(data)[1]]),
     }
     _report(disk, cache, evals, build_s, args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"train": {"disk": disk, "cache": cache}, "eval": evals, "build_cache_s": build_s}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
     problems = []
     if disk["metrics"] != cache["metrics"]:
         problems.append("the disk and cache runs ended with different metrics")

@@ -28,7 +28,7 @@ import numpy as np
 import pyclipper
 from PIL import Image, ImageDraw
 
-from .sample import DBNetMaps, PolygonSet
+from .sample import TARGET_DTYPES, TARGET_NAMES, DBNetMaps, PolygonSet
 
 
 def _axis_aligned_rectangles(polygons: PolygonSet) -> np.ndarray:
@@ -174,12 +174,7 @@ class DBNetTargets:
             )
         h, w = int(shape[0]), int(shape[1])
         if out is None:
-            out = DBNetMaps(
-                np.zeros((h, w), np.uint8),
-                np.zeros((h, w), np.uint8),
-                np.zeros((h, w), np.float32),
-                np.zeros((h, w), np.uint8),
-            )
+            out = DBNetMaps(**{n: np.empty((h, w), TARGET_DTYPES[n]) for n in TARGET_NAMES})
         out.prob_map.fill(0)
         out.prob_mask.fill(1)
         out.thresh_mask.fill(0)

@@ -7,7 +7,6 @@ the oracle: probability map and both masks must be identical, the threshold map 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ import ocr.data.targets as targets_module
 from ocr.data.sample import TARGET_DTYPES, TARGET_NAMES, DBNetMaps, PolygonSet
 from ocr.data.targets import DBNetTargets
 from tools.reference_pipeline import ReferenceTargets
-
-SROIE = Path(__file__).resolve().parents[3] / "shared" / "data" / "sroie-dev"
 
 
 def _boxes(rng: np.random.Generator, count: int, shape: tuple[int, int]) -> list[np.ndarray]:
@@ -116,15 +113,14 @@ def test_one_ignore_flag_per_polygon_is_required():
         DBNetTargets()((20, 30), [np.zeros((4, 2))], [False, True])
 
 
-@pytest.mark.skipif(not SROIE.is_dir(), reason=f"real receipts not found at {SROIE}")
-def test_real_receipts_after_the_train_transform_give_the_reference_maps(tmp_path):
+def test_real_receipts_after_the_train_transform_give_the_reference_maps(tmp_path, sroie_img_dir):
     from ocr.data.annotations import convert_icdar_folder
     from ocr.data.dataset import OCRDataset
     from ocr.data.transforms import TrainTransform
 
     ann = tmp_path / "sroie.json"
-    ann.write_text(json.dumps(convert_icdar_folder(SROIE / "box", SROIE / "img")))
-    ds = OCRDataset(SROIE / "img", ann, TrainTransform(640), max_side=640)
+    ann.write_text(json.dumps(convert_icdar_folder(sroie_img_dir.parent / "box", sroie_img_dir)))
+    ds = OCRDataset(sroie_img_dir, ann, TrainTransform(640), max_side=640)
     for index in range(0, len(ds), 7):
         sample = ds[index]
         _assert_matches_reference(

@@ -185,7 +185,11 @@ class OCRDataset(Dataset):
     Args:
         image_path: Folder of images; annotation file names are relative to it.
         annotation_path: Annotation JSON (see ``ocr.data.annotations``).
-        transform: A transform from ``ocr.data.transforms``.
+        transform: A transform from ``ocr.data.transforms``: called as
+            ``transform(image, polygons, rng, out=None)`` with the upright HWC uint8 image
+            and a ``PolygonSet`` in its frame, returning a ``TransformResult``. One with an
+            int ``size`` must write its ``size x size`` image into ``out`` when given (the
+            batch path, ``__getitems__``); one without is called per sample and collated.
         image_cache: Path of an LMDB cache built from ``image_path``; None reads from disk.
         preload_images: Decode every image at start-up (ignored when ``image_cache`` is set).
         cache_fallback: ``"error"`` (default) or ``"disk"``: what to do for an image that is
@@ -195,7 +199,8 @@ class OCRDataset(Dataset):
             ``"warn"`` logs one warning and serves the cached (old) pixels.
         max_side: Longest-side cap applied to every source before the transform.
         resample: Filter of that cap.
-        targets: A callable adding DBNet targets to a sample, or None.
+        targets: ``DBNetTargets`` (or a callable with its signature), or None for samples
+            without maps.
         seed: Base seed of the random transforms; a sample's randomness depends only on
             (seed, epoch, index), so any number of workers gives the same batches.
 
@@ -357,7 +362,7 @@ class OCRDataset(Dataset):
             polygons=result.polygons.astype(np.float32),
             ignore=~np.asarray(result.valid, dtype=bool) | dont_care,
             gt_polygons=polygons.transformed(to_upright),
-            gt_ignore=dont_care,
+            gt_ignore=dont_care.copy(),  # the dataset keeps the original
             inverse_matrix=np.linalg.inv(upright_to_sample).astype(np.float64),
             filename=key,
             raw_size=(loaded.raw_width, loaded.raw_height),

@@ -6,6 +6,7 @@ check it with ``validate-cache`` (or :func:`validate_cache`).
 
 __version__ = "0.1.0"
 
+from .copy import CopyResult, copy_cache  # noqa: E402
 from .errors import (  # noqa: E402
     BuildLockedError,
     CacheError,
@@ -24,6 +25,7 @@ from .errors import (  # noqa: E402
 from .images import DecodedImage, decode_file  # noqa: E402
 from .reader import CacheReader, Record, open_cache  # noqa: E402
 from .schema import FORMAT_VERSION  # noqa: E402
+from .validate import ValidationReport, validate_cache  # noqa: E402
 from .writer import BuildResult, build_cache  # noqa: E402
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "CacheError",
     "CacheNotFoundError",
     "CacheReader",
+    "CopyResult",
     "CorruptRecordError",
     "DecodedImage",
     "DiskFullError",
@@ -45,8 +48,11 @@ __all__ = [
     "StaleCacheError",
     "StoreDamagedError",
     "TruncatedStoreError",
+    "ValidationReport",
     "build_cache",
+    "copy_cache",
     "decode_file",
     "open_cache",
+    "validate_cache",
     "__version__",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from .copy import copy_cache
 from .errors import (
     BuildLockedError,
     CacheError,
@@ -378,25 +379,111 @@ def info_command(cache: str, as_json: bool) -> None:
         click.echo(f"  {key}: {reason}")
 
 
+@click.command("copy", context_settings=_CTX)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("dst", type=click.Path(path_type=str))
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="Leave out free pages (a smaller copy of a store that was updated; slower to copy).",
+)
+@click.option(
+    "--no-validate", is_flag=True, help="Do not validate the copy (it is validated by default)."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def copy_command(
+    src: str, dst: str, compact: bool, no_validate: bool, quiet: bool, as_json: bool
+) -> None:
+    """Copy the store SRC to DST: a consistent snapshot, safe while build-cache runs.
+
+    The way to ship a cache to other machines: LMDB must not live on a network filesystem
+    (NFS, Lustre, SMB), so copy the store to local disk on each node. A build running on SRC
+    is waited for; the copy is one snapshot of SRC's last commit, written beside DST, validated
+    (structure, records, checksums) and only then renamed to DST: DST is either a complete
+    valid store or absent.
+
+    Exit status: 0 copied and valid, 1 the copy failed (damaged source, disk full), 2 usage
+    error (DST exists, SRC is not a cache).
+
+    \b
+    Examples:
+      lmdb-cache copy data/train.lmdb /local/ssd/train.lmdb
+      lmdb-cache copy data/train.lmdb /local/ssd/train.lmdb --compact --json
+    """
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if quiet or as_json:
+            return
+        if bar is None:
+            bar = tqdm(
+                total=total, desc="validating copy", unit="B", unit_scale=True,
+                file=sys.stderr, dynamic_ncols=True,
+            )  # fmt: skip
+        bar.update(done - bar.n)
+
+    if not (quiet or as_json):
+        click.echo(f"copying {src} -> {dst}" + (" (compacting)" if compact else ""), err=True)
+
+    def on_wait(pid: int | None) -> None:
+        if not as_json:
+            who = f"pid {pid}" if pid else "another process"
+            click.echo(f"waiting for the build ({who}) writing {src} to finish", err=True)
+
+    try:
+        result = copy_cache(
+            src,
+            dst,
+            compact=compact,
+            validate=not no_validate,
+            progress=progress,
+            on_wait=on_wait,
+        )
+    except (FileExistsError, FileNotFoundError, CacheNotFoundError, NotACacheError) as e:
+        _fail_usage(str(e))
+        return
+    except (FormatVersionError, CacheError) as e:
+        if as_json:
+            _emit_json({"source": src, "destination": dst, "ok": False, "error": str(e)})
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        _emit_json(result.as_dict())
+    elif not quiet:
+        checked = "validated" if result.report is not None else "not validated (--no-validate)"
+        click.echo(
+            f"{dst}: {result.images} images, {_size(result.data_bytes)} "
+            f"(source {_size(result.source_bytes)}), {checked}, {result.seconds:.1f} s"
+        )
+
+
 @click.group(context_settings=_CTX)
 @click.version_option(package_name="lmdb-image-cache")
 def cli() -> None:
     """A persistent, memory-mapped cache of decoded images in LMDB.
 
-    Build it once with 'build', check it with 'validate', inspect it with 'info'. The same
-    commands exist as build-cache, validate-cache and cache-info.
+    Build it once with 'build', check it with 'validate', inspect it with 'info', ship it to
+    another machine's local disk with 'copy'. The first three also exist as build-cache,
+    validate-cache and cache-info.
 
     \b
     Examples:
       lmdb-cache build data/val --max-side 1024
       lmdb-cache validate data/val.lmdb --source data/val
       lmdb-cache info data/val.lmdb --json
+      lmdb-cache copy data/val.lmdb /local/ssd/val.lmdb
     """
 
 
 cli.add_command(build_command)
 cli.add_command(validate_command)
 cli.add_command(info_command)
+cli.add_command(copy_command)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 
 from .errors import BuildLockedError
 
@@ -75,6 +76,52 @@ class BuildLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class NoBuild:
+    """A shared lock on a store's ``build.lock``: waits for a running build to finish and
+    keeps a new one from starting while held (a build asking then exits 2, lock busy).
+
+    Use as a context manager. ``on_wait(pid)`` is called once if a build holds the lock (its
+    pid, or None when unknown). A store without a lock file (never built by this version,
+    or on a read-only location) has nothing to wait for.
+    """
+
+    def __init__(self, path: str, on_wait: Callable[[int | None], None] | None = None) -> None:
+        self.file = os.path.join(path, LOCK_NAME)
+        self.on_wait = on_wait
+        self.fd: int | None = None
+
+    def __enter__(self) -> NoBuild:
+        while True:
+            try:
+                fd = os.open(self.file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return self
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if self.on_wait is not None:
+                        self.on_wait(_read_pid(fd))
+                        self.on_wait = None
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                st = os.stat(self.file)
+                same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            except FileNotFoundError:
+                same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)  # a rebuild swapped the folder in while we waited: wait on the new one
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

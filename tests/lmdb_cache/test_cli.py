@@ -262,4 +262,4 @@ def test_help_shows_examples(name):
 def test_group_help_lists_the_subcommands():
     result = invoke(cli, "--help")
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
-    assert (result.exit_code, listed) == (0, {"build", "validate", "info"})
+    assert (result.exit_code, listed) == (0, {"build", "validate", "info", "copy"})

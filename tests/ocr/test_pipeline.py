@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from lmdb_cache import build_cache
+from lmdb_cache import build_cache, copy_cache
 from ocr.checkpoint import load_checkpoint
 from ocr.cli import eval_command, train_command
 from ocr.config import load_config
@@ -244,6 +245,59 @@ def test_two_gloo_ranks_train_with_ddp_and_gather_validation(receipts, tmp_path)
     # Validation inside the DDP run (two shards, gathered) equals one process on its weights.
     single = evaluate_checkpoint(cfg, str(tmp_path / "ddp" / "last.pt"), progress=False)
     assert summary["metrics"] == single.metrics
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_each_reading_its_own_copy_evaluate_to_the_single_process_metrics(
+    receipts, trained, tmp_path
+):
+    # Two "nodes" on this machine (two torchrun agents, c10d rendezvous on 127.0.0.1), one
+    # rank each, each reading its own copy of the store, as on a cluster with local disks.
+    cfg, _, out = trained
+    cfg = _with_source(cfg, "cache", receipts)
+    shared = json.loads(json.dumps(cfg))  # the nodes' config names no reachable store
+    shared["datasets"]["val_dataset"]["image_cache"] = str(tmp_path / "not-on-any-node.lmdb")
+    config = tmp_path / "cache.yaml"
+    config.write_text(yaml.safe_dump(shared))
+    copies = [tmp_path / f"node{i}" / "img.lmdb" for i in range(2)]
+    for copy in copies:
+        copy.parent.mkdir()
+        assert copy_cache(receipts[0] / "img.lmdb", copy).report.ok
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nodes = []
+    for rank, copy in enumerate(copies):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+        cmd += ["--nproc-per-node", "1", "--node-rank", str(rank), "--rdzv-backend", "c10d"]
+        cmd += ["--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes", "--local-addr", "127.0.0.1"]
+        cmd += ["--rdzv-conf", f"is_host={int(rank == 0)}"]
+        cmd += ["-m", "ocr.cli", "eval", "-k", str(out / "last.pt"), "-c", str(config), "--json"]
+        cmd += [f"datasets.val_dataset.image_cache={copy}"]
+        nodes.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+        )
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=300))
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    doc = json.loads(outputs[0][0])  # rank 0 (node 0) prints the result
+    single = evaluate_checkpoint(cfg, str(out / "last.pt"), progress=False)
+    assert single.metrics["num_pred"] > 0
+    assert {k: doc[k] for k in single.metrics} == single.metrics
+    assert doc["timing"]["images"] == 6
 
 
 def test_ocr_train_cli_prints_one_line_per_epoch_with_the_time_split(receipts, tmp_path):

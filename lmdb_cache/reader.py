@@ -480,6 +480,41 @@ class CacheReader:
         np.copyto(image, record.image)
         return Record(key=key, image=image, meta=dict(record.meta))
 
+    def read_into(self, key: str, out: np.ndarray) -> dict[str, Any]:
+        """Copy the image into the caller's array (e.g. a batch slot, pinned or shared).
+
+        Args:
+            key: The image key.
+            out: A writable uint8 array of the image's shape ``(height, width, 3)``, any
+                strides (``tensor.numpy()`` of a torch tensor works); checked before any pixel
+                is read.
+
+        Returns:
+            The record's metadata.
+
+        Raises:
+            TypeError: ``key`` is not a str, or ``out`` is not a writable uint8 numpy array.
+            ValueError: ``out`` does not have the image's shape (both are named).
+            MissingImageError: (a ``KeyError``) no such key.
+            CorruptRecordError: see :meth:`view`.
+        """
+        if not isinstance(key, str):
+            raise key_type_error(key)
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
+            found = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
+            raise TypeError(f"out must be a uint8 numpy array, got {found}")
+        if not out.flags.writeable:
+            raise TypeError("out is read-only; pass a writable array")
+        meta = self.meta(key)
+        shape = (meta["height"], meta["width"], 3)
+        if out.shape != shape:
+            raise ValueError(f"out has shape {out.shape}, image {key!r} is {shape}")
+        record = self.view(key)
+        if record.image.shape != shape:  # an update replaced it as the snapshot was renewed
+            raise ValueError(f"out has shape {out.shape}, image {key!r} is {record.image.shape}")
+        np.copyto(out, record.image)
+        return dict(record.meta)
+
     def get(self, key: str, default: Any = None) -> Record | Any:
         """``reader[key]``, or ``default`` when the key is absent."""
         try:

@@ -18,18 +18,26 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from .codecs import DEFAULT_LEVEL, RAW, encode
 from .errors import ImageDecodeError
 from .images import decode_bytes, read_source
 from .schema import PIXEL_CHANNELS
 
 
 def decode_task(
-    root: str, key: str, max_side: int | None, resample: str, known_sha256: str | None
+    root: str,
+    key: str,
+    max_side: int | None,
+    resample: str,
+    known_sha256: str | None,
+    codec: str = RAW,
+    level: int = DEFAULT_LEVEL,
 ) -> tuple[Any, ...]:
-    """Read, fingerprint and decode one source; runs in a worker process.
+    """Read, fingerprint, decode and encode (``codecs``) one source; runs in a worker process.
 
-    Returns ``("ok", key, meta, pixels)``, ``("same", key, fingerprint)`` when the content hash
-    equals ``known_sha256``, or ``("fail", key, reason)``.
+    Returns ``("ok", key, meta, stored)`` (``stored``: the pixel array for ``raw``, the
+    compressed bytes otherwise), ``("same", key, fingerprint)`` when the content hash equals
+    ``known_sha256``, or ``("fail", key, reason)``.
     """
     path = os.path.join(root, key)
     try:
@@ -67,7 +75,11 @@ def decode_task(
         **fingerprint,
         "checksum": zlib.crc32(pixels.data),
     }
-    return ("ok", key, meta, pixels)
+    if codec == RAW:
+        return ("ok", key, meta, pixels)
+    stored, fields = encode(pixels, codec, level)
+    meta.update(fields)
+    return ("ok", key, meta, stored)
 
 
 def start_pool(workers: int) -> multiprocessing.pool.Pool | None:
@@ -112,19 +124,22 @@ def run_tasks(
     At most ``2 * workers`` results are in flight, so memory stays bounded however large the
     set is and however slow the writer.
     """
+    options = (settings.get("codec", RAW), settings.get("level", DEFAULT_LEVEL))
     max_side, resample = settings["max_side"], settings["resample"]
     if pool is None:
         for key, sha in tasks:
-            yield decode_task(root, key, max_side, resample, sha)
+            yield decode_task(root, key, max_side, resample, sha, *options)
         return
     window: deque[multiprocessing.pool.AsyncResult] = deque()
     pending = iter(tasks)
     for key, sha in pending:
-        window.append(pool.apply_async(decode_task, (root, key, max_side, resample, sha)))
+        window.append(pool.apply_async(decode_task, (root, key, max_side, resample, sha, *options)))
         if len(window) >= 2 * workers:
             break
     while window:
         yield window.popleft().get()
         for key, sha in pending:
-            window.append(pool.apply_async(decode_task, (root, key, max_side, resample, sha)))
+            window.append(
+                pool.apply_async(decode_task, (root, key, max_side, resample, sha, *options))
+            )
             break

@@ -25,12 +25,13 @@ class NotACacheError(CacheError, ValueError):
 class FormatVersionError(CacheError, ValueError):
     """The store was written in a format version this code does not read."""
 
-    def __init__(self, path: str, found: object, expected: int) -> None:
+    def __init__(self, path: str, found: object, expected: int | tuple[int, ...]) -> None:
         self.path = path
         self.found = found
         self.expected = expected
+        reads = " and ".join(map(str, expected)) if isinstance(expected, tuple) else expected
         super().__init__(
-            f"cache '{path}' has format {found!r}, this version reads {expected}; "
+            f"cache '{path}' has format {found!r}, this version reads {reads}; "
             f"rebuild it with 'build-cache SRC -o {path} --rebuild'"
         )
 

@@ -29,6 +29,7 @@ import lmdb
 import numpy as np
 
 from . import environment
+from .codecs import RAW, codec_of, decode_into
 from .errors import (
     CorruptRecordError,
     MissingImageError,
@@ -434,7 +435,8 @@ class CacheReader:
 
         The array shows this reader's snapshot until :meth:`refresh` or :meth:`close` of this
         reader, or the next ``fork`` of the process; while it lives, the snapshot is not
-        renewed by itself.
+        renewed by itself. A compressed record (``codec: zstd``) cannot be viewed in place: it
+        is decompressed into a new read-only array (use ``reader[key]`` for a writable one).
 
         Raises:
             TypeError: ``key`` is not a str.
@@ -452,6 +454,10 @@ class CacheReader:
             raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
         if buf is None:
             raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
+        if codec_of(meta) != RAW:
+            image = self._decompressed(key, meta, buf)
+            image.flags.writeable = False
+            return Record(key=key, image=image, meta=meta)
         # The length is checked before any byte is touched: a damaged length must not send a
         # read past the data.
         if len(buf) != meta["nbytes"]:
@@ -475,10 +481,32 @@ class CacheReader:
             MissingImageError: (a ``KeyError``) no such key.
             CorruptRecordError: see :meth:`view`.
         """
+        if codec_of(self.meta(key)) != RAW:
+            record = self.view(key)  # decompressed into a new array already
+            record.image.flags.writeable = True
+            return Record(key=key, image=record.image, meta=dict(record.meta))
         record = self.view(key)
         image = np.empty_like(record.image)
         np.copyto(image, record.image)
         return Record(key=key, image=image, meta=dict(record.meta))
+
+    def _decompressed(self, key: str, meta: dict[str, Any], buf: Any) -> np.ndarray:
+        """A compressed record's pixels in a new array, every length checked first."""
+        if len(buf) != meta["stored_nbytes"]:
+            raise CorruptRecordError(
+                key,
+                f"stored value is {len(buf)} bytes, metadata says {meta['stored_nbytes']}",
+                self.path,
+            )
+        if self.verify and zlib.crc32(buf) != meta["stored_checksum"]:
+            raise CorruptRecordError(key, "stored-bytes checksum mismatch", self.path)
+        image = np.empty((meta["height"], meta["width"], 3), dtype=np.uint8)
+        problem = decode_into(buf, meta, image)
+        if problem is not None:
+            raise CorruptRecordError(key, problem, self.path)
+        if self.verify and zlib.crc32(image.data) != meta["checksum"]:
+            raise CorruptRecordError(key, "pixel checksum mismatch", self.path)
+        return image
 
     def read_into(self, key: str, out: np.ndarray) -> dict[str, Any]:
         """Copy the image into the caller's array (e.g. a batch slot, pinned or shared).

@@ -21,12 +21,17 @@ import msgpack
 from .errors import FormatVersionError, NotACacheError, StoreDamagedError
 
 FORMAT_NAME = "lmdb-image-cache"
+# A store records the lowest version that can read it: 2 for raw pixels, 3 once any record is
+# compressed (a version-2 reader then refuses the store by its version, not by a length
+# mismatch). This code reads both.
 FORMAT_VERSION = 2
+COMPRESSED_FORMAT_VERSION = 3
+READABLE_VERSIONS = (FORMAT_VERSION, COMPRESSED_FORMAT_VERSION)
 
 # Named LMDB databases inside the environment.
 DB_MANIFEST = b"manifest"  # one key, MANIFEST_KEY -> manifest map
 DB_META = b"meta"  # image key -> record metadata map
-DB_PIXELS = b"pixels"  # image key -> raw HxWx3 uint8 bytes, row-major
+DB_PIXELS = b"pixels"  # image key -> HxWx3 uint8 bytes, row-major (raw, or one zstd frame)
 DB_FAILURES = b"failures"  # source key -> {"key": str, "reason": str}: sources not stored
 MAX_DBS = 8
 DATABASES = (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
@@ -274,6 +279,15 @@ def check_meta(meta: Any) -> dict:
         )
     if not 1 <= meta["orientation"] <= 8:
         raise ValueError(f"metadata orientation={meta['orientation']} is outside 1..8")
+    codec = meta.get("codec", "raw")
+    if codec == "zstd":
+        _check_fields(
+            meta, {"level": int, "stored_nbytes": int, "stored_checksum": int}, "metadata"
+        )
+        if not 1 <= meta["stored_nbytes"] <= expected + (expected >> 7) + 1024:
+            raise ValueError(f"metadata stored_nbytes={meta['stored_nbytes']} is out of range")
+    elif codec != "raw":
+        raise ValueError(f"metadata codec={codec!r} is not one of raw, zstd")
     for name in ("scale", "scale_x", "scale_y"):
         value = float(meta[name])
         if not (math.isfinite(value) and 0 < value <= 1):
@@ -303,6 +317,8 @@ def check_manifest(manifest: Any) -> dict:
         raise ValueError(f"manifest settings.max_side={max_side!r} is not a positive integer")
     if not isinstance(settings.get("resample"), str):
         raise ValueError("manifest settings.resample is missing or not a string")
+    if settings.get("codec", "raw") not in ("raw", "zstd"):
+        raise ValueError(f"manifest settings.codec={settings.get('codec')!r} is not raw or zstd")
     for name in ("images", "failed", "total_bytes"):
         if manifest[name] < 0:
             raise ValueError(f"manifest {name}={manifest[name]} is negative")
@@ -321,8 +337,8 @@ def check_format(manifest: Any, path: str) -> None:
             f"'{path}' is an LMDB store but not an image cache (its manifest does not name "
             f"format {FORMAT_NAME!r}); build one with 'build-cache SRC -o {path}'"
         )
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise FormatVersionError(path, manifest.get("format_version"), FORMAT_VERSION)
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise FormatVersionError(path, manifest.get("format_version"), READABLE_VERSIONS)
 
 
 def decode_manifest(raw: bytes | memoryview, path: str) -> dict:
@@ -343,7 +359,7 @@ def decode_manifest(raw: bytes | memoryview, path: str) -> dict:
             plain = unpack(raw)
         except ValueError:
             plain = None
-        if isinstance(plain, dict) and plain.get("format_version") != FORMAT_VERSION:
+        if isinstance(plain, dict) and plain.get("format_version") not in READABLE_VERSIONS:
             check_format(plain, path)
         raise StoreDamagedError(
             f"cache '{path}' has a damaged manifest ({e}); rebuild it with 'build-cache SRC -o "

@@ -12,13 +12,17 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+import numpy as np
+
+from .codecs import CODEC_FIELDS, DEFAULT_LEVEL, RAW, encode, needs_recode, stored_pixels
 from .decoding import run_tasks
-from .errors import DiskFullError
+from .errors import DiskFullError, StoreDamagedError
 from .schema import (
     DB_FAILURES,
     DB_MANIFEST,
     DB_META,
     DB_PIXELS,
+    FORMAT_VERSION,
     MANIFEST_KEY,
     check_meta,
     decode_key,
@@ -53,7 +57,7 @@ class _Batch:
         self.sizes: dict[str, int] = {}  # key -> pixel bytes of every record the store holds
         self.failed = failed  # keys of the failures database (LMDB bytes) after these ops
         self.reasons: dict[str, str] = {}  # this build's failures
-        self.ops: list[tuple[bytes, bytes, bytes | None]] = []
+        self.ops: list[tuple[bytes, bytes, Any]] = []  # value: a buffer, or None to delete
         self.bytes = 0
         self.images = 0
         self.committed_images = 0
@@ -91,6 +95,31 @@ class _Batch:
         self.committed_images = len(self.sizes)
         self.ops.clear()
         self.bytes = self.images = 0
+
+
+def _recode(
+    store: WriteStore, batch: _Batch, key: str, meta: dict, codec: str, level: int | None
+) -> dict:
+    """Queue ``key``'s record encoded with ``codec``/``level`` from its stored pixels.
+
+    Raises:
+        StoreDamagedError: the stored pixels fail their checks (they are never re-encoded:
+            the checksum would then bless damaged pixels).
+    """
+    ekey = encode_key(key)
+    raw = store.get(DB_PIXELS, ekey)
+    pixels, problem = (None, "its pixels are missing") if raw is None else stored_pixels(raw, meta)
+    if pixels is None:
+        raise StoreDamagedError(
+            f"record {display_key(key)!r} of cache '{store.path}' cannot be encoded again: "
+            f"{problem}; rebuild the cache with 'build-cache SRC -o {store.path} --rebuild'"
+        )
+    data, fields = encode(pixels, codec, level or DEFAULT_LEVEL)
+    new = {k: v for k, v in meta.items() if k not in CODEC_FIELDS} | fields
+    batch.ops += [(DB_PIXELS, ekey, data), (DB_META, ekey, seal(new, ekey))]
+    batch.bytes += len(data)
+    batch.images += 1
+    return new
 
 
 def _stored_records(store: WriteStore) -> tuple[dict[str, dict], set[bytes], set[bytes]]:
@@ -162,25 +191,41 @@ def update(
 ) -> None:
     batch = _Batch(store, manifest, set())
     metas, tasks = _plan(store, source, keys, batch, result)
-    progress.start(len(tasks))
+    codec, level = settings.get("codec", RAW), settings.get("level")
+    decoding = {key for key, _ in tasks}
+    # Records kept as they are but stored in another codec (or level): encoded again from
+    # their stored pixels, never by decoding the sources again.
+    recode = [k for k, m in metas.items() if k not in decoding and needs_recode(m, codec, level)]
+    progress.start(len(tasks) + len(recode))
+    for key in recode:
+        metas[key] = _recode(store, batch, key, metas[key], codec, level)
+        result.recoded += 1
+        progress.advance(key)
+        if batch.bytes >= limits[0] or batch.images >= limits[1]:
+            batch.commit()
     for outcome in run_tasks(tasks, source, settings, pool, workers):
         status, key = outcome[0], outcome[1]
         ekey = encode_key(key)  # tasks hold only keys that encode
         if status == "ok":
-            meta, pixels = outcome[2], outcome[3]
+            meta, stored = outcome[2], outcome[3]
             if key in metas:
                 result.updated += 1
             else:
                 result.added += 1
-            batch.ops += [(DB_PIXELS, ekey, pixels.data), (DB_META, ekey, seal(meta, ekey))]
+            data = stored.data if isinstance(stored, np.ndarray) else stored
+            batch.ops += [(DB_PIXELS, ekey, data), (DB_META, ekey, seal(meta, ekey))]
             batch.succeed(key)
             batch.sizes[key] = meta["nbytes"]
             metas[key] = meta
-            batch.bytes += meta["nbytes"]
+            batch.bytes += len(data)
         elif status == "same":
             meta = {**metas[key], **outcome[2]}
+            if needs_recode(meta, codec, level):
+                meta = _recode(store, batch, key, meta, codec, level)
+                result.recoded += 1
+            else:
+                batch.ops.append((DB_META, ekey, seal(meta, ekey)))
             metas[key] = meta
-            batch.ops.append((DB_META, ekey, seal(meta, ekey)))
             result.touched += 1
         else:
             batch.fail(key, outcome[2])
@@ -193,6 +238,8 @@ def update(
         progress.advance(key)
         if batch.bytes >= limits[0] or batch.images >= limits[1]:
             batch.commit()
+    if codec == RAW:  # every record is raw now: readable by version-2 code again
+        manifest["format_version"] = FORMAT_VERSION
     batch.commit(final=True)
     result.failures = sorted((display_key(k), r) for k, r in batch.reasons.items())
     result.images = len(batch.sizes)

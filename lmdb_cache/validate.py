@@ -30,6 +30,7 @@ from typing import Any
 import lmdb
 
 from . import environment
+from .codecs import RAW, codec_of, stored_length, stored_pixels
 from .environment import check_data_file
 from .errors import (
     CacheError,
@@ -273,7 +274,7 @@ class _RecordWalk:
         pixel_keys = self._list(DB_PIXELS)
         for raw_key in sorted(meta_keys):
             self._check_meta(raw_key)
-        total = sum(m.get("nbytes", 0) for m in self.metas.values())
+        total = sum(stored_length(m) for m in self.metas.values() if m)
         done = 0
         for raw_key in sorted(meta_keys | pixel_keys):
             done += self._check_pixels(raw_key, raw_key in pixel_keys)
@@ -349,16 +350,27 @@ class _RecordWalk:
         if buf is None:
             self.problem("missing-pixels", key, f"{key}: metadata without pixel data")
             return 0
-        if len(buf) != meta["nbytes"]:  # checked before a byte is read
+        compressed = codec_of(meta) != RAW
+        if len(buf) != stored_length(meta):  # checked before a byte is read
+            says = (
+                f"{meta['stored_nbytes']} (compressed)"
+                if compressed
+                else f"{meta['width']}x{meta['height']}x3={meta['nbytes']}"
+            )
             self.problem(
-                "size-mismatch",
-                key,
-                f"{key}: pixel data is {len(buf)} bytes, metadata says "
-                f"{meta['width']}x{meta['height']}x3={meta['nbytes']}",
+                "size-mismatch", key, f"{key}: pixel data is {len(buf)} bytes, metadata says {says}"
             )
             self.metas[key] = {}  # its size is unknown: reported once, left out of the totals
             return 0
-        if self.checksums and zlib.crc32(buf) != meta["checksum"]:
+        if not self.checksums:
+            return len(buf)
+        if compressed:
+            # Both checksums: the stored bytes (what the disk holds), then the pixels the
+            # frame decompresses to (what a reader gets).
+            _, problem = stored_pixels(buf, meta)
+            if problem is not None:
+                self.problem("checksum", key, f"{key}: compressed pixels are corrupt: {problem}")
+        elif zlib.crc32(buf) != meta["checksum"]:
             self.problem("checksum", key, f"{key}: pixel checksum mismatch (data corrupted)")
         return len(buf)
 

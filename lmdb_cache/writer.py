@@ -27,6 +27,7 @@ import lmdb
 import PIL
 
 from . import __version__
+from .codecs import DEFAULT_LEVEL, RAW, ZSTD, check_codec
 from .decoding import start_pool
 from .errors import NotACacheError, SettingsMismatchError
 from .images import resample_filter, scan_images
@@ -34,6 +35,7 @@ from .isolated import ChildCrashed, call_isolated
 from .locking import BuildLock
 from .schema import (
     CHECKSUM_ALGORITHM,
+    COMPRESSED_FORMAT_VERSION,
     DB_MANIFEST,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -85,6 +87,7 @@ class BuildResult:
         updated: Images whose source changed and were decoded again.
         touched: Images whose file was touched but whose content is unchanged (metadata only).
         unchanged: Images skipped because size and mtime match the record.
+        recoded: Records encoded again from their stored pixels (the codec or level changed).
         removed: Records deleted because their source is gone.
         failures: ``(key, reason)`` for each source that could not be stored.
         images: Records in the store at the end.
@@ -99,6 +102,7 @@ class BuildResult:
     updated: int = 0
     touched: int = 0
     unchanged: int = 0
+    recoded: int = 0
     removed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     images: int = 0
@@ -123,10 +127,13 @@ class BuildResult:
             "total_bytes": self.total_bytes,
             "max_side": self.settings.get("max_side"),
             "resample": self.settings.get("resample"),
+            "codec": self.settings.get("codec", "raw"),
+            "level": self.settings.get("level"),
             "added": self.added,
             "updated": self.updated,
             "touched": self.touched,
             "unchanged": self.unchanged,
+            "recoded": self.recoded,
             "removed": self.removed,
             "failed": len(self.failures),
             "failures": [{"key": k, "reason": r} for k, r in self.failures],
@@ -142,7 +149,11 @@ def default_output(source: str | os.PathLike[str]) -> str:
     return text + ".lmdb"
 
 
-def _check_arguments(max_side: Any, resample: Any, workers: int) -> None:
+def _check_arguments(max_side: Any, resample: Any, workers: int, codec: Any, level: Any) -> None:
+    if codec is not KEEP:
+        check_codec(codec, DEFAULT_LEVEL if level is KEEP else level)
+    elif level is not KEEP:
+        check_codec(ZSTD, level)
     if resample is not KEEP:
         resample_filter(resample)  # raises ValueError naming the choices
     if max_side is not KEEP and max_side is not None:
@@ -175,6 +186,8 @@ def build_cache(
     resample: str = KEEP,
     workers: int | None = None,
     rebuild: bool = False,
+    codec: str = KEEP,
+    level: int = KEEP,
     commit_bytes: int = 256 << 20,
     commit_images: int = 256,
     progress: Progress | None = None,
@@ -191,6 +204,11 @@ def build_cache(
         workers: Decoding processes; defaults to the number of CPUs. 1 decodes in-process.
         rebuild: Build a new store from every source and put it in place of the existing one
             once complete: to change ``max_side``/``resample``, or to replace a damaged store.
+        codec: How pixels are stored, ``"raw"`` or ``"zstd"`` (``lmdb_cache.codecs``).
+            Default (``KEEP``): the existing store's, ``"raw"`` for a new store. Changing it
+            (or ``level``) on an existing store encodes its records again from their stored
+            pixels, without decoding any source.
+        level: zstd level, 1..22. Default (``KEEP``): the store's, else 3.
         commit_bytes: A transaction is committed once it holds this many pixel bytes...
         commit_images: ...or this many images, whichever comes first.
         progress: Receives the number of sources to process and each one done.
@@ -212,7 +230,7 @@ def build_cache(
     source = os.fspath(source)
     output = os.fspath(output) if output is not None else default_output(source)
     workers = os.cpu_count() or 1 if workers is None else workers
-    _check_arguments(max_side, resample, workers)
+    _check_arguments(max_side, resample, workers, codec, level)
     if not Path(source).is_dir():
         raise NotADirectoryError(f"source '{source}' is not a folder; pass the folder of images")
     _check_output(output, source)
@@ -223,7 +241,7 @@ def build_cache(
         with BuildLock(output):
             remove_stale_rebuilds(output)
             _build_locked(
-                source, output, keys, (max_side, resample), rebuild, pool, workers,
+                source, output, keys, (max_side, resample, codec, level), rebuild, pool, workers,
                 (commit_bytes, commit_images), progress or _NoProgress(), result,
             )  # fmt: skip
     finally:
@@ -238,7 +256,7 @@ def _build_locked(
     source: str,
     output: str,
     keys: list[str],
-    asked: tuple[Any, Any],
+    asked: tuple[Any, Any, Any, Any],
     rebuild: bool,
     pool: multiprocessing.pool.Pool | None,
     workers: int,
@@ -325,7 +343,7 @@ def _read_manifest_bytes(output: str) -> bytes | None:
 
 
 def _settings(
-    asked: tuple[Any, Any],
+    asked: tuple[Any, Any, Any, Any],
     stored: dict | None,
     rebuild: bool,
     replacing: bool,
@@ -333,7 +351,7 @@ def _settings(
     result: BuildResult,
 ) -> dict[str, Any]:
     """The settings of this build: those asked, the store's for those not asked."""
-    max_side, resample = asked
+    max_side, resample, codec, level = asked
     if stored is None and replacing and max_side is KEEP:
         raise SettingsMismatchError(
             f"the settings of cache '{output}' cannot be read from the damaged store, so the "
@@ -362,6 +380,15 @@ def _settings(
                     f"asks {name}={chosen[name]!r}; add --rebuild to rebuild it with the new "
                     "settings, or leave the option out to keep the cache's"
                 )
+    stored_codec = (stored or {}).get("codec", RAW)
+    chosen["codec"] = stored_codec if codec is KEEP else codec
+    if level is not KEEP and codec is KEEP and stored_codec == RAW:
+        chosen["codec"] = ZSTD  # a level asks for compression
+    if chosen["codec"] == ZSTD:
+        kept = (stored or {}).get("level") if stored_codec == ZSTD else None
+        chosen["level"] = (kept or DEFAULT_LEVEL) if level is KEEP else level
+    else:
+        chosen["level"] = None
     return {
         **chosen,
         "pillow_version": PIL.__version__,
@@ -391,7 +418,12 @@ def _start_manifest(
                 f"'{os.path.realpath(source)}'"
             )
         manifest = dict(existing)
-        manifest["settings"] = {**old, "pillow_version": settings["pillow_version"]}
+        manifest["settings"] = {
+            **old,
+            "pillow_version": settings["pillow_version"],
+            "codec": settings["codec"],
+            "level": settings["level"],
+        }
     else:
         manifest = {
             "format": FORMAT_NAME,
@@ -403,6 +435,8 @@ def _start_manifest(
             "failed": 0,
             "total_bytes": 0,
         }
+    if settings["codec"] != RAW:
+        manifest["format_version"] = COMPRESSED_FORMAT_VERSION
     manifest.update(complete=False, source_root=os.path.realpath(source), updated=now())
     store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
     return manifest

@@ -23,7 +23,8 @@ def sealed(value: object, key: bytes) -> bytes:
 
 def put_raw(store: Path, db: bytes, key: bytes, value: bytes | None) -> None:
     """Write (or delete, with None) one raw value into a named database."""
-    env = lmdb.open(str(store), max_dbs=8)
+    size = (Path(store) / "data.mdb").stat().st_size if (Path(store) / "data.mdb").exists() else 0
+    env = lmdb.open(str(store), max_dbs=8, map_size=max(10 << 20, 2 * size + (64 << 20)))
     try:
         with env.begin(write=True) as txn:
             handle = env.open_db(db, txn=txn)

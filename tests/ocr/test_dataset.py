@@ -22,6 +22,7 @@ def samples(tmp_path_factory):
     ann = generate(root / "img", count=6, seed=3)
     build_cache(root / "img", root / "full.lmdb", workers=1)
     build_cache(root / "img", root / "cap700.lmdb", max_side=700, workers=1)
+    build_cache(root / "img", root / "zstd.lmdb", workers=1, codec="zstd")
     config = load_config("configs/data/base.yaml")
     split = config["datasets"]["val_dataset"]
     split.update(image_path=str(root / "img"), annotation_path=str(ann))
@@ -40,11 +41,15 @@ def _assert_same(a, b):
     assert all(batch.targets is not None for batch in a)
 
 
-@pytest.mark.parametrize("source", ["preload", "cache"])
+@pytest.mark.parametrize("source", ["preload", "cache", "cache-zstd"])
 def test_source_gives_the_disk_batches(samples, source):
     root, config = samples
     disk = _batches(config)
-    other = {"preload": {"preload_images": True}, "cache": {"image_cache": str(root / "full.lmdb")}}
+    other = {
+        "preload": {"preload_images": True},
+        "cache": {"image_cache": str(root / "full.lmdb")},
+        "cache-zstd": {"image_cache": str(root / "zstd.lmdb")},
+    }
     _assert_same(disk, _batches(config, **other[source]))
 
 

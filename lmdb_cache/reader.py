@@ -448,14 +448,10 @@ class CacheReader:
             raise key_type_error(key)
         snap = self._snapshot()
         meta = snap.metas.get(key) or self._load_meta(snap, key)
-        try:
-            buf = snap.txn.get(encode_key(key), db=snap.dbs[DB_PIXELS])
-        except lmdb.Error as e:
-            raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
-        if buf is None:
-            raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
+        buf = self._stored(snap, key)
         if codec_of(meta) != RAW:
-            image = self._decompressed(key, meta, buf)
+            image = np.empty((meta["height"], meta["width"], 3), dtype=np.uint8)
+            self._decompressed(key, meta, buf, image)
             image.flags.writeable = False
             return Record(key=key, image=image, meta=meta)
         # The length is checked before any byte is touched: a damaged length must not send a
@@ -490,8 +486,18 @@ class CacheReader:
         np.copyto(image, record.image)
         return Record(key=key, image=image, meta=dict(record.meta))
 
-    def _decompressed(self, key: str, meta: dict[str, Any], buf: Any) -> np.ndarray:
-        """A compressed record's pixels in a new array, every length checked first."""
+    def _stored(self, snap: _Snapshot, key: str) -> Any:
+        """The stored pixels value of ``key`` (a buffer of the snapshot)."""
+        try:
+            buf = snap.txn.get(encode_key(key), db=snap.dbs[DB_PIXELS])
+        except lmdb.Error as e:
+            raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
+        if buf is None:
+            raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
+        return buf
+
+    def _decompressed(self, key: str, meta: dict[str, Any], buf: Any, out: np.ndarray) -> None:
+        """A compressed record's pixels into ``out``, every length checked first."""
         if len(buf) != meta["stored_nbytes"]:
             raise CorruptRecordError(
                 key,
@@ -500,13 +506,11 @@ class CacheReader:
             )
         if self.verify and zlib.crc32(buf) != meta["stored_checksum"]:
             raise CorruptRecordError(key, "stored-bytes checksum mismatch", self.path)
-        image = np.empty((meta["height"], meta["width"], 3), dtype=np.uint8)
-        problem = decode_into(buf, meta, image)
+        problem = decode_into(buf, meta, out)
         if problem is not None:
             raise CorruptRecordError(key, problem, self.path)
-        if self.verify and zlib.crc32(image.data) != meta["checksum"]:
+        if self.verify and zlib.crc32(np.ascontiguousarray(out).data) != meta["checksum"]:
             raise CorruptRecordError(key, "pixel checksum mismatch", self.path)
-        return image
 
     def read_into(self, key: str, out: np.ndarray) -> dict[str, Any]:
         """Copy the image into the caller's array (e.g. a batch slot, pinned or shared).
@@ -537,6 +541,14 @@ class CacheReader:
         shape = (meta["height"], meta["width"], 3)
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, image {key!r} is {shape}")
+        if codec_of(meta) != RAW:
+            # Straight into ``out``: no intermediate array.
+            snap = self._snapshot()
+            meta = snap.metas.get(key) or self._load_meta(snap, key)
+            if (meta["height"], meta["width"], 3) != shape:
+                raise ValueError(f"out has shape {out.shape}, image {key!r} changed shape")
+            self._decompressed(key, meta, self._stored(snap, key), out)
+            return dict(meta)
         record = self.view(key)
         if record.image.shape != shape:  # an update replaced it as the snapshot was renewed
             raise ValueError(f"out has shape {out.shape}, image {key!r} is {record.image.shape}")

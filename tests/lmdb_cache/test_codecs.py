@@ -197,3 +197,15 @@ def test_cli_codec_options(receipts, tmp_path):
     assert bad.exit_code == 2
     unknown = runner.invoke(build_command, [str(receipts), "-o", str(store), "--codec", "lz4"])
     assert unknown.exit_code == 2
+
+
+def test_read_into_decompresses_into_a_strided_slot(receipts, tmp_path):
+    build_cache(receipts, tmp_path / "z.lmdb", workers=1, codec="zstd")
+    with open_cache(tmp_path / "z.lmdb") as reader:
+        key = reader.keys()[0]
+        expected = reader[key].image
+        h, w, _ = expected.shape
+        batch = np.zeros((2, h + 3, w + 5, 3), dtype=np.uint8)
+        reader.read_into(key, batch[1, :h, :w])
+        np.testing.assert_array_equal(batch[1, :h, :w], expected)
+        assert not batch[0].any() and not batch[1, h:].any() and not batch[1, :, w:].any()

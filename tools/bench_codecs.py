@@ -54,7 +54,8 @@ def _one_cap(images: Path, cap: int | None, scratch: Path, args: argparse.Namesp
     for codec in ("raw", "zstd"):
         path = scratch / f"{label}-{codec}.lmdb"
         start = time.perf_counter()
-        result = build_cache(images, path, max_side=cap, codec=codec, level=args.level)
+        level = {} if args.level is None else {"level": args.level}
+        result = build_cache(images, path, max_side=cap, codec=codec, **level)
         stores[codec] = {
             "path": path,
             "build_s": time.perf_counter() - start,
@@ -92,7 +93,10 @@ def _one_cap(images: Path, cap: int | None, scratch: Path, args: argparse.Namesp
 
 
 def _report(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"\nzstd level {args.level}, {args.repeat} timed passes per variant (median, range)\n")
+    from lmdb_cache.codecs import DEFAULT_LEVEL
+
+    level = args.level if args.level is not None else DEFAULT_LEVEL
+    print(f"\nzstd level {level}, {args.repeat} timed passes per variant (median, range)\n")
     print("| cap | store | images | data.mdb | ratio to raw | build (s) |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
@@ -119,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-side", nargs="+", default=["640"], help="caps to try; 'none' for full size"
     )
-    parser.add_argument("--level", type=int, default=3, help="zstd level (3)")
+    parser.add_argument(
+        "--level", type=int, default=None, help="zstd level (default: build-cache's default)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per variant (5)")
     parser.add_argument("--decode", action="store_true", help="also time decode + cap")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the stores")
@@ -134,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_one_cap(args.images, cap, scratch, args) for cap in caps]
     _report(rows, args)
     if args.json is not None:
-        args.json.write_text(json.dumps({"level": args.level, "rows": rows}, indent=2) + "\n")
+        from lmdb_cache.codecs import DEFAULT_LEVEL
+
+        level = args.level if args.level is not None else DEFAULT_LEVEL
+        args.json.write_text(json.dumps({"level": level, "rows": rows}, indent=2) + "\n")
     if tmp is not None:
         tmp.cleanup()
     return 0

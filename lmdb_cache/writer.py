@@ -152,6 +152,8 @@ def default_output(source: str | os.PathLike[str]) -> str:
 def _check_arguments(max_side: Any, resample: Any, workers: int, codec: Any, level: Any) -> None:
     if codec is not KEEP:
         check_codec(codec, DEFAULT_LEVEL if level is KEEP else level)
+        if codec == RAW and level is not KEEP:
+            raise ValueError(f"a zstd level ({level}) does not apply to codec 'raw'; drop it")
     elif level is not KEEP:
         check_codec(ZSTD, level)
     if resample is not KEEP:

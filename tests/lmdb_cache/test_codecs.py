@@ -209,3 +209,8 @@ def test_read_into_decompresses_into_a_strided_slot(receipts, tmp_path):
         reader.read_into(key, batch[1, :h, :w])
         np.testing.assert_array_equal(batch[1, :h, :w], expected)
         assert not batch[0].any() and not batch[1, h:].any() and not batch[1, :, w:].any()
+
+
+def test_a_level_with_the_raw_codec_is_refused(receipts, tmp_path):
+    with pytest.raises(ValueError, match="does not apply to codec 'raw'"):
+        build_cache(receipts, tmp_path / "c.lmdb", workers=1, codec="raw", level=5)

@@ -54,6 +54,29 @@ class _Bar:
             self.bar.close()
 
 
+class _ByteBar:
+    """A tqdm bar on stderr for ``(bytes done, bytes total)`` progress callbacks."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.enabled = enabled
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="B", unit_scale=True, file=sys.stderr,
+                dynamic_ncols=True,
+            )  # fmt: skip
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _size(nbytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if nbytes < 1000 or unit == "GB":
@@ -293,22 +316,7 @@ def validate_command(
       validate-cache data/val.lmdb
       validate-cache data/val.lmdb --source data/val --annotations data/val.json --json
     """
-    bar: tqdm | None = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if quiet or as_json:
-            return
-        if bar is None:
-            bar = tqdm(
-                total=total,
-                desc="checksums",
-                unit="B",
-                unit_scale=True,
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-        bar.update(done - bar.n)
+    bar = _ByteBar(enabled=not (quiet or as_json), desc="checksums")
 
     try:
         report = validate_cache(
@@ -316,7 +324,7 @@ def validate_command(
             source=source,
             annotations=annotations,
             checksums=not no_checksums,
-            progress=progress,
+            progress=bar.update,
         )
     except (CacheNotFoundError, ValueError) as e:
         _fail_usage(str(e))
@@ -328,8 +336,7 @@ def validate_command(
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if as_json:
         _emit_json(report.as_dict())
     else:
@@ -440,18 +447,7 @@ def copy_command(
       lmdb-cache copy data/train.lmdb /local/ssd/train.lmdb
       lmdb-cache copy data/train.lmdb /local/ssd/train.lmdb --compact --json
     """
-    bar: tqdm | None = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if quiet or as_json:
-            return
-        if bar is None:
-            bar = tqdm(
-                total=total, desc="validating copy", unit="B", unit_scale=True,
-                file=sys.stderr, dynamic_ncols=True,
-            )  # fmt: skip
-        bar.update(done - bar.n)
+    bar = _ByteBar(enabled=not (quiet or as_json), desc="validating copy")
 
     if not (quiet or as_json):
         click.echo(f"copying {src} -> {dst}" + (" (compacting)" if compact else ""), err=True)
@@ -467,7 +463,7 @@ def copy_command(
             dst,
             compact=compact,
             validate=not no_validate,
-            progress=progress,
+            progress=bar.update,
             on_wait=on_wait,
         )
     except (FileExistsError, FileNotFoundError, CacheNotFoundError, NotACacheError) as e:
@@ -479,8 +475,7 @@ def copy_command(
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if as_json:
         _emit_json(result.as_dict())
     elif not quiet:

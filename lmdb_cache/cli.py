@@ -141,7 +141,7 @@ class _MaxSide(click.ParamType):
     "--codec",
     type=click.Choice(CODECS),
     default=None,
-    help="How pixels are stored: raw (a read is a memory copy) or zstd (about 5x smaller on "
+    help="How pixels are stored: raw (a read is a memory copy) or zstd (4-20x smaller on "
     "receipts, a read decompresses). Default: the existing cache's, raw for a new cache. "
     "Changing it encodes the stored pixels again, no image is decoded again.",
 )

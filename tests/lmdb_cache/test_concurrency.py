@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lmdb_cache import build_cache, open_cache
+from lmdb_cache import TruncatedStoreError, build_cache, open_cache
 from lmdb_cache.cli import build_command
 
 from .conftest import noisy_image, save_image
@@ -131,3 +131,24 @@ def test_decoding_workers_die_with_a_killed_build(tmp_path):
 
     stderr = build.communicate()[1]
     assert [w.pid for w in workers if alive(w)] == [] and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("size", [0, 4096], ids=["empty", "half-a-meta"])
+def test_a_build_killed_before_its_first_commit_leaves_a_store_the_next_build_starts(
+    many_images, tmp_path, size
+):
+    # A kill between LMDB creating data.mdb and the meta pages / first commit.
+    output = tmp_path / "c.lmdb"
+    output.mkdir()
+    (output / "data.mdb").write_bytes(b"\0" * size)
+    result = build_cache(many_images, output, workers=1)
+    assert result.ok and result.images == 48
+    with open_cache(output) as reader:
+        assert len(reader) == 48
+
+
+def test_a_committed_store_cut_short_is_still_refused(many_cache):
+    with open(many_cache / "data.mdb", "r+b") as f:
+        f.truncate(3 * 4096)
+    with pytest.raises(TruncatedStoreError):
+        build_cache(many_cache.parent / "many", many_cache, workers=1)

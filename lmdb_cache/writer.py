@@ -16,7 +16,6 @@ damaged store, and an interrupted rebuild leaves the old store as it was.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing.pool
 import os
 import time
@@ -30,8 +29,7 @@ import PIL
 from . import __version__
 from .codecs import DEFAULT_LEVEL, RAW, ZSTD, check_codec
 from .decoding import start_pool
-from .environment import meta_state
-from .errors import CacheError, NotACacheError, SettingsMismatchError
+from .errors import NotACacheError, SettingsMismatchError
 from .images import resample_filter, scan_images
 from .isolated import ChildCrashed, call_isolated
 from .locking import BuildLock
@@ -301,13 +299,6 @@ def _open_existing(output: str) -> tuple[WriteStore | None, dict | None]:
     """
     if not store_exists(output):
         return None, None
-    if _never_committed(output):
-        # A build killed between creating data.mdb and its first commit: nothing was stored,
-        # so the folder is a new store (no reader can have mapped a store without a commit).
-        for name in ("data.mdb", "lock.mdb"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(output, name))
-        return None, None
     store = WriteStore(output)  # refuses a truncated or structurally damaged store
     try:
         raw = store.get(DB_MANIFEST, MANIFEST_KEY)
@@ -320,15 +311,6 @@ def _open_existing(output: str) -> tuple[WriteStore | None, dict | None]:
     except BaseException:
         store.close()
         raise
-
-
-def _never_committed(output: str) -> bool:
-    """Whether the store's data.mdb has never seen a commit (its newest meta page is
-    transaction 0, or it is too short to hold one). Called with the build lock held."""
-    try:
-        return meta_state(os.path.join(output, "data.mdb"))[2] == 0
-    except (CacheError, OSError):
-        return False  # not an LMDB file: refused by the usual checks
 
 
 def _stored_settings(output: str) -> dict | None:

@@ -23,8 +23,9 @@ from .errors import (
     NotACacheError,
     SettingsMismatchError,
 )
-from .images import RESAMPLE_FILTERS
+from .images import IMAGE_SUFFIXES, RESAMPLE_FILTERS, scan_images
 from .reader import open_cache
+from .store import store_exists
 from .validate import validate_cache
 from .writer import KEEP, build_cache, default_output
 
@@ -207,6 +208,21 @@ def build_command(
       build-cache data/val --rebuild             # replace a damaged cache, same settings
       build-cache data/train --codec zstd        # compress an existing cache in place
     """
+    target = output if output is not None else default_output(src)
+    try:
+        empty = not store_exists(target) and not scan_images(src, exclude=target)
+    except NotADirectoryError as e:
+        _fail_usage(str(e))
+        return
+    if empty:
+        message = (
+            f"no images below '{src}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))} in any "
+            "case); nothing was written"
+        )
+        if as_json:
+            _emit_json({"output": target, "ok": False, "images": 0, "error": message})
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(1)
     bar = _Bar(enabled=not (quiet or as_json), desc="decoding")
     try:
         result = build_cache(

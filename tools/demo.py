@@ -161,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
+def _speedup(disk_s: float, cache_s: float) -> str:
+    """ "1.14x faster", or "1.05x slower" when the cache run took longer."""
+    if cache_s <= disk_s:
+        return f"{disk_s / cache_s:.2f}x faster"
+    return f"{cache_s / disk_s:.2f}x slower"
+
+
 def _report(
     disk: dict[str, Any],
     cache: dict[str, Any],
@@ -182,7 +189,7 @@ def _report(
             "ocr-train wall time",
             f"{disk['wall_s']:.1f} s",
             f"{cache['wall_s']:.1f} s",
-            f"{disk['wall_s'] / cache['wall_s']:.2f}x faster",
+            _speedup(disk["wall_s"], cache["wall_s"]),
         )
     )
     print(

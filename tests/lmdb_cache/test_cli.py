@@ -263,3 +263,12 @@ def test_group_help_lists_the_subcommands():
     result = invoke(cli, "--help")
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
     assert (result.exit_code, listed) == (0, {"build", "validate", "info", "copy"})
+
+
+def test_build_of_a_folder_without_images_is_an_error_and_writes_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("no images here")
+    result = invoke(build_command, tmp_path / "src")
+    assert result.exit_code == 1
+    assert "no images below" in result.stderr and ".jpg" in result.stderr
+    assert not (tmp_path / "src.lmdb").exists()

@@ -33,3 +33,10 @@ def test_samples_use_orientations_3_6_8_and_polygons_cover_ink(tmp_path):
         # line holds none. Polygons left in the raw frame of a rotated file score near 0.
         assert ink[inside].mean() > 0.1, sample.filename
         assert ink[: int(0.04 * content_h), :content_w].mean() < 0.01, sample.filename
+
+
+def test_demo_says_slower_when_the_cache_run_took_longer():
+    from tools.demo import _speedup
+
+    assert _speedup(10.0, 8.0) == "1.25x faster"
+    assert _speedup(8.0, 10.0) == "1.25x slower"

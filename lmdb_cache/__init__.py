@@ -1,11 +1,14 @@
 """A persistent, memory-mapped cache of decoded images in LMDB.
 
-Build one with ``build-cache SRC`` (or :func:`build_cache`), read it with :func:`open_cache`,
-check it with ``validate-cache`` (or :func:`validate_cache`).
+Build one from a folder with ``build-cache SRC`` (or :func:`build_cache`), or write records
+yourself with :class:`CacheWriter`; read it with :func:`open_cache`, check it with
+``validate-cache`` (or :func:`validate_cache`). Coordinates: :mod:`lmdb_cache.geometry`;
+a PyTorch dataset: :mod:`lmdb_cache.torch` (the only module that imports torch).
 """
 
 __version__ = "0.1.0"
 
+from .build import build_cache  # noqa: E402
 from .copy import CopyResult, copy_cache  # noqa: E402
 from .errors import (  # noqa: E402
     BuildLockedError,
@@ -23,10 +26,11 @@ from .errors import (  # noqa: E402
     TruncatedStoreError,
 )
 from .images import DecodedImage, decode_file  # noqa: E402
-from .reader import CacheReader, Record, open_cache  # noqa: E402
+from .reader import CacheReader, open_cache  # noqa: E402
+from .records import Record  # noqa: E402
 from .schema import FORMAT_VERSION  # noqa: E402
 from .validate import ValidationReport, validate_cache  # noqa: E402
-from .writer import BuildResult, build_cache  # noqa: E402
+from .writer import BuildResult, CacheWriter  # noqa: E402
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,6 +39,7 @@ __all__ = [
     "CacheError",
     "CacheNotFoundError",
     "CacheReader",
+    "CacheWriter",
     "CopyResult",
     "CorruptRecordError",
     "DecodedImage",

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from .build import build_cache, default_output
 from .codecs import CODECS, DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from .copy import copy_cache
 from .errors import (
@@ -25,9 +26,9 @@ from .errors import (
 )
 from .images import IMAGE_SUFFIXES, RESAMPLE_FILTERS, scan_images
 from .reader import open_cache
+from .settings import KEEP
 from .store import store_exists
 from .validate import validate_cache
-from .writer import KEEP, build_cache, default_output
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 

@@ -14,18 +14,16 @@ import os
 import signal
 import sys
 import zlib
-from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from .codecs import DEFAULT_LEVEL, RAW, encode
 from .errors import ImageDecodeError
-from .images import decode_bytes, read_source
+from .images import DecodedImage, decode_bytes, read_source
 from .schema import PIXEL_CHANNELS
 
 
 def decode_task(
-    root: str,
+    path: str,
     key: str,
     max_side: int | None,
     resample: str,
@@ -39,7 +37,6 @@ def decode_task(
     compressed bytes otherwise), ``("same", key, fingerprint)`` when the content hash equals
     ``known_sha256``, or ``("fail", key, reason)``.
     """
-    path = os.path.join(root, key)
     try:
         data, st = read_source(path)  # never blocks on a FIFO; refuses non-regular files
     except ImageDecodeError as e:
@@ -57,9 +54,18 @@ def decode_task(
         return ("fail", key, e.reason)
     except MemoryError:
         return ("fail", key, "out of memory while decoding; lower --workers or set --max-side")
+    meta = pixel_meta(decoded) | fingerprint
+    if codec == RAW:
+        return ("ok", key, meta, decoded.pixels)  # an array pickles; its memoryview does not
+    stored, fields = encode(decoded.pixels, codec, level)
+    return ("ok", key, meta | fields, stored)
+
+
+def pixel_meta(decoded: DecodedImage) -> dict[str, Any]:
+    """The metadata every record has, whatever it was written from (``docs/format.md``)."""
     pixels = decoded.pixels
-    canonical_w, canonical_h = decoded.canonical_size
-    meta = {
+    upright_w, upright_h = decoded.upright_size
+    return {
         "width": decoded.width,
         "height": decoded.height,
         "channels": PIXEL_CHANNELS,
@@ -67,19 +73,13 @@ def decode_task(
         "raw_width": decoded.raw_width,
         "raw_height": decoded.raw_height,
         "orientation": decoded.orientation,
-        "scale": max(decoded.width, decoded.height) / max(canonical_w, canonical_h),
-        "scale_x": decoded.width / canonical_w,
-        "scale_y": decoded.height / canonical_h,
+        "scale": max(decoded.width, decoded.height) / max(upright_w, upright_h),
+        "scale_x": decoded.width / upright_w,
+        "scale_y": decoded.height / upright_h,
         "mode": decoded.mode,
         "format": decoded.format,
-        **fingerprint,
         "checksum": zlib.crc32(pixels.data),
     }
-    if codec == RAW:
-        return ("ok", key, meta, pixels)
-    stored, fields = encode(pixels, codec, level)
-    meta.update(fields)
-    return ("ok", key, meta, stored)
 
 
 def start_pool(workers: int) -> multiprocessing.pool.Pool | None:
@@ -110,36 +110,3 @@ def _die_with_parent() -> None:
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-def run_tasks(
-    tasks: list[tuple[str, str | None]],
-    root: str,
-    settings: dict[str, Any],
-    pool: multiprocessing.pool.Pool | None,
-    workers: int,
-) -> Iterator[tuple[Any, ...]]:
-    """Decode ``(key, known_sha256)`` tasks, yielding results in task order.
-
-    At most ``2 * workers`` results are in flight, so memory stays bounded however large the
-    set is and however slow the writer.
-    """
-    options = (settings.get("codec", RAW), settings.get("level", DEFAULT_LEVEL))
-    max_side, resample = settings["max_side"], settings["resample"]
-    if pool is None:
-        for key, sha in tasks:
-            yield decode_task(root, key, max_side, resample, sha, *options)
-        return
-    window: deque[multiprocessing.pool.AsyncResult] = deque()
-    pending = iter(tasks)
-    for key, sha in pending:
-        window.append(pool.apply_async(decode_task, (root, key, max_side, resample, sha, *options)))
-        if len(window) >= 2 * workers:
-            break
-    while window:
-        yield window.popleft().get()
-        for key, sha in pending:
-            window.append(
-                pool.apply_async(decode_task, (root, key, max_side, resample, sha, *options))
-            )
-            break

@@ -29,7 +29,11 @@ class FormatVersionError(CacheError, ValueError):
         self.path = path
         self.found = found
         self.expected = expected
-        reads = " and ".join(map(str, expected)) if isinstance(expected, tuple) else expected
+        if isinstance(expected, tuple):
+            names = [str(v) for v in expected]
+            reads = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        else:
+            reads = str(expected)
         super().__init__(
             f"cache '{path}' has format {found!r}, this version reads {reads}; "
             f"rebuild it with 'build-cache SRC -o {path} --rebuild'"
@@ -142,4 +146,5 @@ def damaged(path: str, what: str, error: BaseException) -> StoreDamagedError:
 
 def key_type_error(key: object) -> TypeError:
     """The error for a key that is not a str (keys are relative POSIX paths)."""
-    return TypeError(f"cache keys are str (relative POSIX paths), got {type(key).__name__}")
+    hint = "; for the record at a position use reader.record_at(i)" if isinstance(key, int) else ""
+    return TypeError(f"cache keys are str (relative POSIX paths), got {type(key).__name__}{hint}")

@@ -53,6 +53,8 @@ def changed_sources(
             meta = meta_of(key)
         except MissingImageError:
             continue
+        if "source_size" not in meta:  # written from an array: no file to compare with
+            continue
         try:
             st = stat(prefix + key)
         except OSError:

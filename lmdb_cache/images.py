@@ -35,11 +35,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError
+from .geometry import capped_size, upright_size
 from .schema import MAX_SIDE
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -119,11 +121,9 @@ class DecodedImage:
         return int(self.pixels.shape[1])
 
     @property
-    def canonical_size(self) -> tuple[int, int]:
+    def upright_size(self) -> tuple[int, int]:
         """(width, height) after orientation and before any downscale."""
-        if self.orientation in (5, 6, 7, 8):
-            return self.raw_height, self.raw_width
-        return self.raw_width, self.raw_height
+        return upright_size(self.orientation, self.raw_width, self.raw_height)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -221,20 +221,31 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def capped_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """The (width, height) an image takes under a longest-side cap; never upscales.
+def to_rgb_array(image: Any) -> tuple[np.ndarray, str]:
+    """Pixels given as an array, as ``(H, W, 3)`` uint8 RGB, and the mode they came in.
 
-    The longest side becomes exactly ``max_side``; the other is scaled by the same factor and
-    rounded to the nearest integer (at least 1).
+    ``(H, W, 3)`` is taken as RGB, ``(H, W)`` as grey (replicated), ``(H, W, 4)`` as RGBA
+    (composited over white, like a decoded RGBA file). The result may share the input's memory.
+
+    Raises:
+        TypeError: not a numpy uint8 array.
+        ValueError: another shape, or a side of 0 or over :data:`~lmdb_cache.schema.MAX_SIDE`.
     """
-    if max_side is None or max(width, height) <= max_side:
-        return width, height
-    if max_side < 1:
-        raise ValueError(f"max_side must be a positive integer, got {max_side}")
-    factor = max_side / max(width, height)
-    if width >= height:
-        return max_side, max(1, round(height * factor))
-    return max(1, round(width * factor)), max_side
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        found = f"{image.dtype} array" if isinstance(image, np.ndarray) else type(image).__name__
+        raise TypeError(f"image must be a uint8 numpy array, got a {found}")
+    shape = image.shape
+    if image.ndim == 2:
+        pixels, mode = np.repeat(image[..., None], 3, axis=2), "L"
+    elif image.ndim == 3 and shape[2] == 3:
+        pixels, mode = image, "RGB"
+    elif image.ndim == 3 and shape[2] == 4:
+        pixels, mode = _composite_on_white(image), "RGBA"
+    else:
+        raise ValueError(f"image has shape {shape}; expected (H, W, 3) RGB, (H, W) or (H, W, 4)")
+    if not (1 <= shape[0] <= MAX_SIDE and 1 <= shape[1] <= MAX_SIDE):
+        raise ValueError(f"image is {shape[1]}x{shape[0]}; each side must be 1..{MAX_SIDE}")
+    return pixels, mode
 
 
 def resample_filter(name: str) -> Image.Resampling:

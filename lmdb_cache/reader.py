@@ -22,37 +22,28 @@ import time
 import weakref
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
 import numpy as np
 
 from . import environment
-from .codecs import RAW, codec_of, decode_into
+from .codecs import RAW, codec_of
 from .errors import (
     CorruptRecordError,
     MissingImageError,
-    NotACacheError,
-    StoreDamagedError,
+    SettingsMismatchError,
     damaged,
     key_type_error,
 )
+from .records import Record
 from .schema import (
-    DB_FAILURES,
-    DB_MANIFEST,
+    DATABASES,
     DB_META,
-    DB_PIXELS,
-    MANIFEST_KEY,
-    check_failure,
-    check_meta,
     decode_key,
-    decode_manifest,
-    display_key,
     encode_key,
-    foreign_flags,
-    unseal,
 )
+from .snapshot import Snapshot, decompress_checked, open_snapshot, verify_structure
 
 # Readers of this process, so a fork can end their snapshots first.
 _READERS: weakref.WeakSet[CacheReader] = weakref.WeakSet()
@@ -67,34 +58,6 @@ def _before_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One cached image.
-
-    Attributes:
-        key: The image's key (POSIX path relative to the build's source folder).
-        image: ``(height, width, 3)`` uint8 array, upright (EXIF applied), RGB.
-        meta: The record's metadata: ``width``, ``height``, ``raw_width``, ``raw_height``,
-            ``orientation``, ``scale`` (and ``scale_x``/``scale_y``), source fingerprint and
-            pixel checksum. See ``docs/format.md``.
-    """
-
-    key: str
-    image: np.ndarray
-    meta: dict[str, Any]
-
-
-@dataclass
-class _Snapshot:
-    txn: lmdb.Transaction
-    dbs: dict[bytes, Any]
-    manifest: dict[str, Any]
-    tracker: environment.ViewTracker
-    started: float
-    keys: list[str] | None = None
-    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class CacheReader:
@@ -146,7 +109,7 @@ class CacheReader:
         self.snapshot_seconds = snapshot_seconds
         self._pid: int | None = None
         self._shared: environment.SharedEnv | None = None
-        self._snap: _Snapshot | None = None
+        self._snap: Snapshot | None = None
         _READERS.add(self)
         self._snapshot()
 
@@ -175,7 +138,7 @@ class CacheReader:
         assert self._shared is not None
         return self._shared.locked
 
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self) -> Snapshot:
         """The current snapshot, opened or renewed as needed (every read goes through here)."""
         snap = self._snap
         if snap is not None and self._pid == os.getpid():
@@ -199,7 +162,7 @@ class CacheReader:
             self._snap = None
             txn.abort()  # and drop the last reference: that frees the reader slot
 
-    def _begin(self) -> _Snapshot:
+    def _begin(self) -> Snapshot:
         shared = self._shared
         try:
             if shared is None or shared.identity != environment.file_identity(self.path):
@@ -209,7 +172,7 @@ class CacheReader:
                     environment.release(shared)
                 shared = self._shared = environment.acquire(self.path, self._lock)
                 if self.verify:
-                    self._verify_structure(shared)
+                    verify_structure(self.path, shared)
             else:
                 environment.check_data_file(self.path)
             txn = shared.begin_read()
@@ -217,61 +180,13 @@ class CacheReader:
             self.close()
             raise
         try:
-            snap = self._open_snapshot(shared, txn)
+            snap = open_snapshot(self.path, shared, txn)
         except BaseException:
             txn.abort()
             self.close()
             raise
         self._snap = snap
         return snap
-
-    def _verify_structure(self, shared: environment.SharedEnv) -> None:
-        if shared.verified:
-            return
-        problems = environment.checked_structure(self.path)
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise StoreDamagedError(
-                f"cache '{self.path}' fails LMDB's structural check: "
-                + "; ".join(problems[:3])
-                + f"{more}; rebuild it with 'build-cache SRC -o {self.path} --rebuild'"
-            )
-        shared.verified = True
-
-    def _open_snapshot(self, shared: environment.SharedEnv, txn: lmdb.Transaction) -> _Snapshot:
-        try:
-            dbs = {
-                name: shared.env.open_db(name, txn=txn, create=False)
-                for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
-            }
-            odd = {name: foreign_flags(dict(db.flags())) for name, db in dbs.items()}
-            raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
-        except lmdb.NotFoundError:
-            raise NotACacheError(
-                f"'{self.path}' is an LMDB store without the image cache's databases; "
-                f"build one with 'build-cache SRC -o {self.path}'"
-            ) from None
-        except lmdb.IncompatibleError:
-            raise NotACacheError(
-                f"'{self.path}' is an LMDB store whose databases were made with other flags "
-                f"than an image cache's; build one with 'build-cache SRC -o {self.path}'"
-            ) from None
-        except lmdb.Error as e:
-            raise damaged(self.path, "to open its databases", e) from e
-        if any(odd.values()):
-            raise NotACacheError(
-                f"'{self.path}' is an LMDB store whose databases were made with other flags "
-                f"than an image cache's ({odd}); build one with 'build-cache SRC -o {self.path}'"
-            )
-        if raw is None:
-            raise NotACacheError(
-                f"cache '{self.path}' has no manifest; rebuild it with 'build-cache SRC -o "
-                f"{self.path} --rebuild'"
-            )
-        manifest = decode_manifest(raw, self.path)
-        return _Snapshot(
-            txn, dbs, manifest, environment.ViewTracker(shared), started=time.monotonic()
-        )
 
     def refresh(self) -> None:
         """Move to the newest committed state of the store (a rebuilt store included).
@@ -308,14 +223,57 @@ class CacheReader:
     # --- the mapping interface -------------------------------------------------------------
 
     @property
+    def info(self) -> dict[str, Any]:
+        """The store's manifest as of this reader's snapshot: ``format``, ``format_version``,
+        ``settings``, ``images``, ``failed``, ``total_bytes``, ``complete``, ``source_root``,
+        ``created``, ``updated``, ``writer`` (``docs/format.md``). A copy: changing it changes
+        nothing."""
+        return dict(self._snapshot().manifest)
+
+    @property
     def manifest(self) -> dict[str, Any]:
-        """The store's manifest (format, settings, counts) as of this reader's snapshot."""
-        return self._snapshot().manifest
+        """The same as :attr:`info` (kept for code written against version 0.1)."""
+        return self.info
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The settings the pixels were made with: ``max_side``, ``resample``, Pillow version."""
-        return self.manifest["settings"]
+        """The settings the pixels were made with: ``max_side``, ``resample``, Pillow version,
+        ``codec`` and ``level``."""
+        return dict(self._snapshot().manifest["settings"])
+
+    @property
+    def source_root(self) -> str | None:
+        """The folder the store was last built from (absolute), or None for a store written
+        only from arrays."""
+        return self._snapshot().manifest.get("source_root") or None
+
+    def check_settings(self, max_side: int | None = None, resample: str = "bilinear") -> None:
+        """Raise unless this store's pixels, capped by ``max_side`` with ``resample``, are
+        exactly what decoding the sources with those settings gives.
+
+        A full-size store reproduces any cap (apply ``lmdb_cache.images.cap_pixels`` with the
+        same settings after reading); a capped store only its own cap and filter.
+
+        Raises:
+            SettingsMismatchError: naming both settings and the ``build-cache`` that fixes it.
+        """
+        settings = self._snapshot().manifest["settings"]
+        cap, filter_name = settings.get("max_side"), settings.get("resample")
+        if cap is None:
+            return
+        if cap != max_side:
+            option = f" --max-side {max_side}" if max_side is not None else " --max-side none"
+            raise SettingsMismatchError(
+                f"cache '{self.path}' is capped at --max-side {cap}, the pixels asked for are "
+                f"capped at {max_side}; use max_side {cap}, or rebuild the cache with "
+                f"'build-cache SRC -o {self.path} --rebuild{option}'"
+            )
+        if filter_name != resample:
+            raise SettingsMismatchError(
+                f"cache '{self.path}' was resized with {filter_name!r}, the pixels asked for "
+                f"use {resample!r}; use resample {filter_name}, or rebuild the cache with "
+                f"'build-cache SRC -o {self.path} --rebuild --resample {resample}'"
+            )
 
     def keys(self) -> list[str]:
         """All image keys, sorted.
@@ -339,6 +297,72 @@ class CacheReader:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
+    def key_at(self, index: int) -> str:
+        """The key at position ``index`` in storage order (the order of :meth:`keys`: keys
+        sorted by their UTF-8 bytes); negative positions count from the end.
+
+        Raises:
+            TypeError: ``index`` is not an int.
+            IndexError: no such position.
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"a position must be an int, got {type(index).__name__}")
+        keys = self.keys()
+        if not -len(keys) <= index < len(keys):
+            raise IndexError(
+                f"position {index} is outside the {len(keys)} records of cache '{self.path}'"
+            )
+        return keys[index]
+
+    def record_at(self, index: int) -> Record:
+        """``reader[reader.key_at(index)]``: the record at a position in storage order.
+
+        Raises:
+            TypeError, IndexError: see :meth:`key_at`; others: see :meth:`__getitem__`.
+        """
+        return self[self.key_at(index)]
+
+    def iter_keys(self, chunk: int = 1024) -> Iterator[str]:
+        """Every key in storage order, read ``chunk`` at a time (never the whole list at once).
+
+        Each chunk is read from the reader's current snapshot, so a store updated during a
+        long walk shows its new state from the next chunk on: a key is never given twice.
+
+        Raises:
+            StoreDamagedError: LMDB cannot walk the metadata database.
+        """
+        last: bytes | None = None
+        while True:
+            snap = self._snapshot()
+            found: list[bytes] = []
+            try:
+                cursor = snap.txn.cursor(db=snap.dbs[DB_META])
+                more = cursor.first() if last is None else cursor.set_range(last)
+                if more and last is not None and cursor.key() == last:
+                    more = cursor.next()
+                while more and len(found) < chunk:
+                    found.append(bytes(cursor.key()))
+                    more = cursor.next()
+            except lmdb.Error as e:
+                raise damaged(self.path, "to list the keys", e) from e
+            yield from (decode_key(k) for k in found)
+            if len(found) < chunk:
+                return
+            last = found[-1]
+
+    def items(self) -> Iterator[tuple[str, Record]]:
+        """``(key, reader[key])`` for every record in storage order, streamed (see
+        :meth:`iter_keys`): one owned image at a time.
+
+        Raises:
+            See :meth:`iter_keys` and :meth:`__getitem__`.
+        """
+        for key in self.iter_keys():
+            try:
+                yield key, self[key]
+            except MissingImageError:
+                continue  # removed by an update since its chunk was listed
+
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
@@ -359,22 +383,7 @@ class CacheReader:
             StoreDamagedError: an entry fails its checksum or the schema, or LMDB cannot walk
                 the failures database.
         """
-        snap = self._snapshot()
-        out = []
-        try:
-            for raw_key, value in snap.txn.cursor(db=snap.dbs[DB_FAILURES]):
-                try:
-                    entry = check_failure(unseal(value, bytes(raw_key)))
-                except ValueError as e:
-                    raise StoreDamagedError(
-                        f"cache '{self.path}' has a damaged failures entry "
-                        f"{decode_key(raw_key)!r} ({e}); re-run 'build-cache SRC -o "
-                        f"{self.path}' to record it again"
-                    ) from e
-                out.append((entry["key"], entry["reason"]))
-        except lmdb.Error as e:
-            raise damaged(self.path, "to list the failed sources", e) from e
-        return sorted(out)
+        return self._snapshot().failures()
 
     def meta(self, key: str) -> dict[str, Any]:
         """The metadata of one image without touching its pixels.
@@ -387,7 +396,7 @@ class CacheReader:
         if not isinstance(key, str):
             raise key_type_error(key)
         snap = self._snapshot()
-        return snap.metas.get(key) or self._load_meta(snap, key)
+        return snap.metas.get(key) or snap.load_meta(key)
 
     def meta_uncached(self, key: str) -> dict[str, Any]:
         """:meth:`meta` without keeping the result: for one pass over many keys (a start-up
@@ -399,36 +408,7 @@ class CacheReader:
         if not isinstance(key, str):
             raise key_type_error(key)
         snap = self._snapshot()
-        return snap.metas.get(key) or self._load_meta(snap, key, keep=False)
-
-    def _load_meta(self, snap: _Snapshot, key: str, keep: bool = True) -> dict[str, Any]:
-        try:
-            ekey = encode_key(key)
-        except ValueError:
-            raise MissingImageError(key, self.path) from None
-        try:
-            raw = snap.txn.get(ekey, db=snap.dbs[DB_META])
-        except lmdb.Error as e:
-            raise CorruptRecordError(key, f"LMDB cannot read its metadata ({e})", self.path) from e
-        if raw is None:
-            raise MissingImageError(key, self.path)
-        if not key.isascii():
-            try:
-                ekey.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CorruptRecordError(
-                    display_key(key),
-                    "its stored key is not valid UTF-8 (build-cache never stores one: the store "
-                    "is damaged or was written by something else)",
-                    self.path,
-                ) from None
-        try:
-            meta = check_meta(unseal(raw, ekey))
-        except ValueError as e:
-            raise CorruptRecordError(key, f"metadata: {e}", self.path) from e
-        if keep:
-            snap.metas[key] = meta
-        return meta
+        return snap.metas.get(key) or snap.load_meta(key, keep=False)
 
     def view(self, key: str) -> Record:
         """The image as a read-only array over the mapped file: no copy, no decode.
@@ -447,11 +427,11 @@ class CacheReader:
         if not isinstance(key, str):
             raise key_type_error(key)
         snap = self._snapshot()
-        meta = snap.metas.get(key) or self._load_meta(snap, key)
-        buf = self._stored(snap, key)
+        meta = snap.metas.get(key) or snap.load_meta(key)
+        buf = snap.stored(key)
         if codec_of(meta) != RAW:
             image = np.empty((meta["height"], meta["width"], 3), dtype=np.uint8)
-            self._decompressed(key, meta, buf, image)
+            decompress_checked(self.path, key, meta, self.verify, buf, image)
             image.flags.writeable = False
             return Record(key=key, image=image, meta=meta)
         # The length is checked before any byte is touched: a damaged length must not send a
@@ -473,7 +453,7 @@ class CacheReader:
         """The image as an owned, writable array (one copy out of the page cache).
 
         Raises:
-            TypeError: ``key`` is not a str.
+            TypeError: ``key`` is not a str (a position goes to :meth:`record_at`).
             MissingImageError: (a ``KeyError``) no such key.
             CorruptRecordError: see :meth:`view`.
         """
@@ -485,32 +465,6 @@ class CacheReader:
         image = np.empty_like(record.image)
         np.copyto(image, record.image)
         return Record(key=key, image=image, meta=dict(record.meta))
-
-    def _stored(self, snap: _Snapshot, key: str) -> Any:
-        """The stored pixels value of ``key`` (a buffer of the snapshot)."""
-        try:
-            buf = snap.txn.get(encode_key(key), db=snap.dbs[DB_PIXELS])
-        except lmdb.Error as e:
-            raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
-        if buf is None:
-            raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
-        return buf
-
-    def _decompressed(self, key: str, meta: dict[str, Any], buf: Any, out: np.ndarray) -> None:
-        """A compressed record's pixels into ``out``, every length checked first."""
-        if len(buf) != meta["stored_nbytes"]:
-            raise CorruptRecordError(
-                key,
-                f"stored value is {len(buf)} bytes, metadata says {meta['stored_nbytes']}",
-                self.path,
-            )
-        if self.verify and zlib.crc32(buf) != meta["stored_checksum"]:
-            raise CorruptRecordError(key, "stored-bytes checksum mismatch", self.path)
-        problem = decode_into(buf, meta, out)
-        if problem is not None:
-            raise CorruptRecordError(key, problem, self.path)
-        if self.verify and zlib.crc32(np.ascontiguousarray(out).data) != meta["checksum"]:
-            raise CorruptRecordError(key, "pixel checksum mismatch", self.path)
 
     def read_into(self, key: str, out: np.ndarray) -> dict[str, Any]:
         """Copy the image into the caller's array (e.g. a batch slot, pinned or shared).
@@ -544,10 +498,10 @@ class CacheReader:
         if codec_of(meta) != RAW:
             # Straight into ``out``: no intermediate array.
             snap = self._snapshot()
-            meta = snap.metas.get(key) or self._load_meta(snap, key)
+            meta = snap.metas.get(key) or snap.load_meta(key)
             if (meta["height"], meta["width"], 3) != shape:
                 raise ValueError(f"out has shape {out.shape}, image {key!r} changed shape")
-            self._decompressed(key, meta, self._stored(snap, key), out)
+            decompress_checked(self.path, key, meta, self.verify, snap.stored(key), out)
             return dict(meta)
         record = self.view(key)
         if record.image.shape != shape:  # an update replaced it as the snapshot was renewed
@@ -565,16 +519,39 @@ class CacheReader:
     def __repr__(self) -> str:
         return f"CacheReader({self.path!r})"
 
-    # --- raw access for validate ------------------------------------------------------------
+    # --- low-level access, for integrity tools ---------------------------------------------
 
-    def _raw_keys(self, db: bytes) -> Iterator[bytes]:
+    def raw_keys(self, database: str | bytes) -> Iterator[bytes]:
+        """The LMDB keys of one of the store's databases (``"manifest"``, ``"meta"``,
+        ``"pixels"``, ``"failures"``), exactly as stored: what ``validate-cache`` walks.
+
+        Raises:
+            ValueError: another database name.
+            lmdb.Error: LMDB fails while walking (the store is damaged).
+        """
         snap = self._snapshot()
-        for raw_key in snap.txn.cursor(db=snap.dbs[db]).iternext(keys=True, values=False):
+        db = snap.dbs[_database(database)]
+        for raw_key in snap.txn.cursor(db=db).iternext(keys=True, values=False):
             yield bytes(raw_key)
 
-    def _raw_get(self, db: bytes, key: bytes) -> Any:
+    def raw_value(self, database: str | bytes, key: bytes) -> Any:
+        """The stored value under ``key`` in ``database`` (a buffer of the snapshot, unchecked),
+        or None.
+
+        Raises:
+            ValueError: another database name.
+            lmdb.Error: LMDB cannot read it (the store is damaged).
+        """
         snap = self._snapshot()
-        return snap.txn.get(key, db=snap.dbs[db])
+        return snap.txn.get(key, db=snap.dbs[_database(database)])
+
+
+def _database(name: str | bytes) -> bytes:
+    data = name.encode() if isinstance(name, str) else name
+    if data not in DATABASES:
+        names = ", ".join(db.decode() for db in DATABASES)
+        raise ValueError(f"unknown database {name!r}; choose one of {names}")
+    return data
 
 
 def open_cache(

@@ -23,10 +23,12 @@ from .errors import FormatVersionError, NotACacheError, StoreDamagedError
 FORMAT_NAME = "lmdb-image-cache"
 # A store records the lowest version that can read it: 2 for raw pixels, 3 once any record is
 # compressed (a version-2 reader then refuses the store by its version, not by a length
-# mismatch). This code reads both.
+# mismatch), 4 while any record has an ``extra`` map or was written from an array (no source
+# fingerprint; older readers refuse it by its version). This code reads all three.
 FORMAT_VERSION = 2
 COMPRESSED_FORMAT_VERSION = 3
-READABLE_VERSIONS = (FORMAT_VERSION, COMPRESSED_FORMAT_VERSION)
+EXTENDED_FORMAT_VERSION = 4
+READABLE_VERSIONS = (FORMAT_VERSION, COMPRESSED_FORMAT_VERSION, EXTENDED_FORMAT_VERSION)
 
 # Named LMDB databases inside the environment.
 DB_MANIFEST = b"manifest"  # one key, MANIFEST_KEY -> manifest map
@@ -70,11 +72,20 @@ META_FIELDS: dict[str, type | tuple[type, ...]] = {
     "scale_y": float,
     "mode": str,
     "format": (str, type(None)),
+    "checksum": int,
+}
+
+# The fingerprint of the file a record was decoded from: all three, or none for a record
+# written from an array (``CacheWriter.add(key, image=...)``).
+SOURCE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "source_size": int,
     "source_mtime_ns": int,
     "source_sha256": str,
-    "checksum": int,
 }
+
+# A record's ``extra`` map (labels, per-image fields of the writer's caller): plain msgpack
+# (like every stored value) of at most this many bytes packed.
+MAX_EXTRA_BYTES = 64 << 10
 
 MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -266,6 +277,13 @@ def check_meta(meta: Any) -> dict:
         ValueError: a field is missing, mistyped or out of range, or the sizes disagree.
     """
     _check_fields(meta, META_FIELDS, "metadata")
+    present = [name for name in SOURCE_FIELDS if name in meta]
+    if present:
+        _check_fields(meta, SOURCE_FIELDS, "metadata")
+    if "extra" in meta:
+        extra = meta["extra"]
+        if type(extra) is not dict or not all(type(name) is str for name in extra):
+            raise ValueError("metadata field 'extra' is not a map with str keys")
     width, height = meta["width"], meta["height"]
     for name in ("width", "height", "raw_width", "raw_height"):
         if not 1 <= meta[name] <= MAX_SIDE:
@@ -293,6 +311,41 @@ def check_meta(meta: Any) -> dict:
         if not (math.isfinite(value) and 0 < value <= 1):
             raise ValueError(f"metadata {name}={value} is outside (0, 1]")
     return meta
+
+
+def has_source(meta: dict) -> bool:
+    """Whether a record was decoded from a file (and keeps that file's fingerprint)."""
+    return "source_sha256" in meta
+
+
+def check_extra(extra: Any) -> dict:
+    """Check a record's ``extra`` and return it as it reads back: a map with str keys of plain
+    msgpack values (tuples come back as lists), at most :data:`MAX_EXTRA_BYTES` packed.
+
+    Raises:
+        ValueError: not a map, a key that is not a str, a value msgpack cannot store plainly
+            (an object, a set, a numpy scalar or array...), nesting deeper than 7, or too big.
+    """
+    if type(extra) is not dict:
+        raise ValueError(f"extra is a {type(extra).__name__}, expected a dict")
+    for name in extra:
+        if type(name) is not str:
+            raise ValueError(f"extra has a key {name!r} that is not a str")
+    try:
+        packed = pack(extra)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(
+            f"extra cannot be stored as msgpack ({e}); use str, int, float, "
+            "bool, bytes, None, lists and dicts"
+        ) from None
+    if len(packed) > MAX_EXTRA_BYTES:
+        raise ValueError(
+            f"extra is {len(packed)} bytes packed, over the limit of {MAX_EXTRA_BYTES}; "
+            "store large data elsewhere and keep a reference in extra"
+        )
+    plain = unpack(packed)
+    _check_plain(plain, 1)  # the map sits one level down in the record's metadata
+    return plain
 
 
 def check_failure(entry: Any) -> dict:

@@ -47,6 +47,7 @@ from .schema import (
     DB_FAILURES,
     DB_META,
     DB_PIXELS,
+    SOURCE_FIELDS,
     check_failure,
     check_meta,
     decode_key,
@@ -242,7 +243,7 @@ def _walk(path: str, checksums: bool, progress: ProgressFn | None) -> dict[str, 
         out["problems"].append([kind, None, str(e)])
         return out
     with reader:
-        out["manifest"] = dict(reader.manifest)
+        out["manifest"] = reader.info
         try:
             _RecordWalk(reader, checksums, progress, out).run()
         except CacheError as e:  # e.g. the store was replaced or cut while it was walked
@@ -285,7 +286,7 @@ class _RecordWalk:
         self._check_failures()
         self._check_manifest()
         self.out["metas"] = {
-            key: {n: m[n] for n in ("source_size", "source_mtime_ns", "source_sha256")} if m else {}
+            key: {n: m[n] for n in SOURCE_FIELDS if n in m} if m else {}
             for key, m in self.metas.items()
         }
 
@@ -293,7 +294,7 @@ class _RecordWalk:
         keys: set[bytes] = set()
         last: bytes | None = None
         try:
-            for last in self.reader._raw_keys(db):
+            for last in self.reader.raw_keys(db):
                 keys.add(last)
         except lmdb.Error as e:
             after = f" after key {decode_key(last)!r}" if last is not None else ""
@@ -307,7 +308,7 @@ class _RecordWalk:
 
     def _get(self, db: bytes, raw_key: bytes) -> tuple[Any, str | None]:
         try:
-            return self.reader._raw_get(db, raw_key), None
+            return self.reader.raw_value(db, raw_key), None
         except lmdb.Error as e:
             return None, f"{type(e).__name__}: {e}"
 
@@ -449,7 +450,7 @@ def _check_source(
 ) -> None:
     present = {display_key(k) for k in scan_images(source, exclude=cache_path)}
     for key, meta in metas.items():
-        if not meta:
+        if not meta:  # damaged (reported already), or written from an array: no source
             continue
         if key not in present:
             report.problem(

@@ -1,17 +1,19 @@
-"""Build or update a cache store from a folder of images.
+"""Write a cache store: :class:`CacheWriter` adds records decoded from files or given as arrays,
+each with an optional ``extra`` map; ``build-cache`` (``lmdb_cache.build``) is one user of it.
 
-One process writes; a pool of worker processes reads, hashes and decodes the sources
-(``decoding``). Writes are grouped into transactions of bounded size. Each transaction holds
-whole records (metadata and pixels together) plus a manifest that agrees with them, so a build
+Crash safety: writes are grouped into transactions of bounded size, each holding whole records
+(metadata and pixels together) plus a manifest that agrees with them (``commits``), so a writer
 killed at any moment leaves the last committed state: every record whole, the manifest marked
-incomplete, and a re-run resumes from there. Readers of the store keep their own snapshot
-meanwhile (LMDB MVCC).
+incomplete. Readers keep their own snapshot meanwhile (LMDB MVCC).
 
-One build at a time: a build holds the store's build lock (``locking``) from before it reads
-the store's settings to its last commit. An update keeps the store's ``max_side`` and
-``resample`` unless others are given (which needs ``rebuild``). A rebuild writes a new store
-beside the old one and swaps it in when complete (``store.replace_store``), so it works on a
-damaged store, and an interrupted rebuild leaves the old store as it was.
+One writer at a time: a writer holds the store's build lock (``locking``) from before it reads
+the store's settings to its last commit. A rebuild writes a new store beside the old one and
+swaps it in when the writer closes (``store.replace_store``), so it works on a damaged store,
+and an interrupted rebuild leaves the old store as it was.
+
+Decoding runs in a pool of ``workers`` processes (``decoding``), at most ``2 * workers`` images
+in flight, so memory stays bounded however many images are added; results are written in the
+order they were added.
 """
 
 from __future__ import annotations
@@ -19,62 +21,51 @@ from __future__ import annotations
 import multiprocessing.pool
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import lmdb
-import PIL
+import numpy as np
 
-from . import __version__
-from .codecs import DEFAULT_LEVEL, RAW, ZSTD, check_codec
-from .decoding import start_pool
-from .errors import NotACacheError, SettingsMismatchError
-from .images import resample_filter, scan_images
-from .isolated import ChildCrashed, call_isolated
+from .codecs import RAW, encode, needs_recode
+from .commits import Batch, NoProgress, Progress, recode, stored_records
+from .decoding import decode_task, pixel_meta, start_pool
+from .errors import ImageDecodeError
+from .images import DecodedImage, cap_pixels, to_rgb_array
 from .locking import BuildLock
 from .schema import (
-    CHECKSUM_ALGORITHM,
     COMPRESSED_FORMAT_VERSION,
-    DB_MANIFEST,
-    FORMAT_NAME,
+    EXTENDED_FORMAT_VERSION,
     FORMAT_VERSION,
-    MANIFEST_KEY,
-    MAX_DBS,
-    check_manifest,
-    decode_manifest,
-    seal,
-    unpack,
-    unseal,
+    check_extra,
+    decode_key,
+    display_key,
+    encode_key,
+    has_source,
+    key_problem,
+)
+from .settings import (
+    KEEP,
+    check_arguments,
+    check_output,
+    choose_settings,
+    open_existing,
+    start_manifest,
+    stored_settings,
 )
 from .store import (
     WriteStore,
-    existing_entries,
     rebuild_dir,
     remove_stale_rebuilds,
     remove_store_dir,
     replace_store,
     store_exists,
 )
-from .update import Progress, now, update
 
+__all__ = ["KEEP", "BuildResult", "CacheWriter"]
 
-class _Keep:
-    """The default of ``max_side`` and ``resample``: the store's own setting."""
-
-    def __repr__(self) -> str:
-        return "KEEP"
-
-
-KEEP: Any = _Keep()
-
-
-class _NoProgress:
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, key: str) -> None:
-        pass
+# ``extra`` of a source decoded again by a build: the record keeps the extra it had.
+_KEEP_EXTRA: Any = object()
 
 
 @dataclass
@@ -143,302 +134,393 @@ class BuildResult:
         }
 
 
-def default_output(source: str | os.PathLike[str]) -> str:
-    """``data/val`` -> ``data/val.lmdb`` (a trailing slash is ignored)."""
-    text = os.fspath(source).rstrip("/\\") or os.fspath(source)
-    return text + ".lmdb"
+class CacheWriter:
+    """Write records into a cache store, from image files or from arrays.
 
+    ::
 
-def _check_arguments(max_side: Any, resample: Any, workers: int, codec: Any, level: Any) -> None:
-    if codec is not KEEP:
-        check_codec(codec, DEFAULT_LEVEL if level is KEEP else level)
-        if codec == RAW and level is not KEEP:
-            raise ValueError(f"a zstd level ({level}) does not apply to codec 'raw'; drop it")
-    elif level is not KEEP:
-        check_codec(ZSTD, level)
-    if resample is not KEEP:
-        resample_filter(resample)  # raises ValueError naming the choices
-    if max_side is not KEEP and max_side is not None:
-        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
-            raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        with CacheWriter("data/train.lmdb", max_side=640) as writer:
+            writer.add("a.jpg", path="photos/a.jpg", extra={"label": 3})
+            writer.add("b", image=rgb_uint8_array)
 
-
-def _check_output(output: str, source: str) -> None:
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise NotACacheError(
-            f"output '{output}' exists and is not a cache folder; choose another -o"
-        )
-    if out.is_dir() and existing_entries(output) and not store_exists(output):
-        raise NotACacheError(
-            f"output '{output}' is a folder that holds no cache (no data.mdb); "
-            "choose another -o or remove it"
-        )
-    if os.path.realpath(output) == os.path.realpath(source):
-        raise ValueError("the output must not be the source folder itself; pass -o elsewhere")
-
-
-def build_cache(
-    source: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None,
-    *,
-    max_side: int | None = KEEP,
-    resample: str = KEEP,
-    workers: int | None = None,
-    rebuild: bool = False,
-    codec: str = KEEP,
-    level: int = KEEP,
-    commit_bytes: int = 256 << 20,
-    commit_images: int = 256,
-    progress: Progress | None = None,
-) -> BuildResult:
-    """Build a cache of decoded images from ``source``, or bring an existing one up to date.
+    A file is decoded exactly as ``build-cache`` decodes it (EXIF orientation, RGB uint8,
+    the cap); an array is taken as upright RGB (``(H, W, 3)``), grey (``(H, W)``) or RGBA
+    (``(H, W, 4)``, composited over white) uint8, and capped the same way. Adding a key again
+    replaces its record. Nothing is visible to readers before the first commit, and the store
+    is marked complete when the writer closes; leaving the ``with`` block by an exception
+    keeps what was committed (a rerun resumes) and drops the rest.
 
     Args:
-        source: Folder scanned recursively for images; keys are paths relative to it.
-        output: Store path (a folder); defaults to ``<source>.lmdb``.
+        path: The store's folder; created when absent.
         max_side: Longest-side cap, or None for full size. Default (``KEEP``): the existing
-            store's cap, full size for a new store. Images are never upscaled.
-        resample: Filter for the cap, one of ``images.RESAMPLE_FILTERS``. Default (``KEEP``):
-            the existing store's, ``"bilinear"`` for a new store.
-        workers: Decoding processes; defaults to the number of CPUs. 1 decodes in-process.
-        rebuild: Build a new store from every source and put it in place of the existing one
-            once complete: to change ``max_side``/``resample``, or to replace a damaged store.
-        codec: How pixels are stored, ``"raw"`` or ``"zstd"`` (``lmdb_cache.codecs``).
-            Default (``KEEP``): the existing store's, ``"raw"`` for a new store. Changing it
-            (or ``level``) on an existing store encodes its records again from their stored
-            pixels, without decoding any source.
-        level: zstd level, 1..22. Default (``KEEP``): the store's, else 3.
-        commit_bytes: A transaction is committed once it holds this many pixel bytes...
-        commit_images: ...or this many images, whichever comes first.
-        progress: Receives the number of sources to process and each one done.
-
-    Returns:
-        A :class:`BuildResult`; ``result.ok`` is False when any source failed.
+            store's, full size for a new store. Another cap than the store's needs
+            ``rebuild``.
+        resample: Filter of the cap (``lmdb_cache.images.RESAMPLE_FILTERS``). Default: the
+            store's, ``"bilinear"`` for a new store.
+        codec: ``"raw"`` or ``"zstd"``. Default: the store's, ``"raw"`` for a new store;
+            another one encodes the kept records again from their pixels.
+        level: zstd level 1..22 (default: the store's, else 5).
+        rebuild: Start from an empty store and put it in place of the existing one when the
+            writer closes (the old one stays until then).
+        workers: Processes decoding files; 1 decodes in this process. None: one per CPU.
+        errors: ``"raise"`` (default): a file that cannot be decoded raises
+            :class:`ImageDecodeError` (from the ``add`` that stores it, or from ``close``);
+            ``"record"``: it is listed in the store's failures and in ``result.failures``.
+        commit_bytes, commit_images: A transaction is committed once it holds this many
+            pixel bytes or images.
+        progress: Told of each record stored (``start`` is the caller's to call).
 
     Raises:
-        ValueError: bad arguments (unknown filter, non-positive cap, output is the source).
-        NotADirectoryError: ``source`` is not a folder.
-        SettingsMismatchError: settings other than the store's without ``rebuild``, or a
-            rebuild of a store whose settings cannot be read without giving ``max_side``.
-        BuildLockedError: another build is writing the store.
-        FormatVersionError, NotACacheError: the output is not a store this version updates.
-        TruncatedStoreError, StoreDamagedError: the store is damaged (``rebuild`` replaces it).
-        DiskFullError: the device ran out of space; a re-run resumes.
+        ValueError: a bad argument. SettingsMismatchError: settings other than the store's
+        without ``rebuild``. BuildLockedError: another writer holds the store.
+        NotACacheError, FormatVersionError, TruncatedStoreError, StoreDamagedError: the
+        folder holds no store this version updates (``rebuild`` replaces a damaged one).
     """
-    started = time.perf_counter()
-    source = os.fspath(source)
-    output = os.fspath(output) if output is not None else default_output(source)
-    workers = os.cpu_count() or 1 if workers is None else workers
-    _check_arguments(max_side, resample, workers, codec, level)
-    if not Path(source).is_dir():
-        raise NotADirectoryError(f"source '{source}' is not a folder; pass the folder of images")
-    _check_output(output, source)
-    keys = scan_images(source, exclude=output)
-    result = BuildResult(output=output)
-    pool = start_pool(workers)
-    try:
-        with BuildLock(output):
-            remove_stale_rebuilds(output)
-            _build_locked(
-                source, output, keys, (max_side, resample, codec, level), rebuild, pool, workers,
-                (commit_bytes, commit_images), progress or _NoProgress(), result,
-            )  # fmt: skip
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    result.seconds = time.perf_counter() - started
-    return result
 
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_side: int | None = KEEP,
+        resample: str = KEEP,
+        codec: str = KEEP,
+        level: int = KEEP,
+        rebuild: bool = False,
+        workers: int | None = 1,
+        errors: str = "raise",
+        commit_bytes: int = 256 << 20,
+        commit_images: int = 256,
+        progress: Progress | None = None,
+        source_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._started = time.perf_counter()
+        self.path = os.fspath(path)
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        check_arguments(max_side, resample, workers, codec, level)
+        if errors not in ("raise", "record"):
+            raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
+        check_output(self.path)
+        self.result = BuildResult(output=self.path)
+        self._errors = errors
+        self._limits = (commit_bytes, commit_images)
+        self._progress = progress or NoProgress()
+        self._window: deque[tuple[Any, Any]] = deque()
+        self._in_flight = 0 if workers <= 1 else 2 * workers
+        self._store: WriteStore | None = None
+        self._target = self.path
+        self._closed = False
+        self._pool: multiprocessing.pool.Pool | None = None
+        self._lock = BuildLock(self.path)
+        try:
+            # The pool first: no decoding process inherits the lock or an LMDB environment.
+            self._pool = start_pool(workers)
+            self._lock.acquire()
+            remove_stale_rebuilds(self.path)
+            self._open((max_side, resample, codec, level), rebuild, source_root)
+        except BaseException:
+            self._abandon()
+            raise
 
-def _build_locked(
-    source: str,
-    output: str,
-    keys: list[str],
-    asked: tuple[Any, Any, Any, Any],
-    rebuild: bool,
-    pool: multiprocessing.pool.Pool | None,
-    workers: int,
-    batch: tuple[int, int],
-    progress: Progress,
-    result: BuildResult,
-) -> None:
-    """The build proper, with the store's build lock held."""
-    replacing = rebuild and store_exists(output)
-    store, existing = (None, None) if replacing else _open_existing(output)
-    target = output
-    try:
-        stored = _stored_settings(output) if replacing else (existing or {}).get("settings")
-        result.settings = settings = _settings(asked, stored, rebuild, replacing, output, result)
+    def _open(self, asked: tuple[Any, Any, Any, Any], rebuild: bool, root: Any) -> None:
+        replacing = rebuild and store_exists(self.path)
+        self._store, existing = (None, None) if replacing else open_existing(self.path)
+        stored = stored_settings(self.path) if replacing else (existing or {}).get("settings")
+        warnings = self.result.warnings
+        self.settings = choose_settings(asked, stored, rebuild, replacing, self.path, warnings)
+        self.result.settings = self.settings
         if replacing:
-            target = rebuild_dir(output)
-        if store is None:
-            store = WriteStore(target)
-        manifest = _start_manifest(store, source, output, settings, existing, result)
-        update(store, source, keys, settings, manifest, pool, workers, batch, progress, result)
-    except BaseException:
-        if store is not None:
-            store.close()
-        if target != output:
-            remove_store_dir(target)  # the old store stays as it was
-        raise
-    store.close()
-    if target != output:
-        result.warnings += replace_store(target, output)
+            self._target = rebuild_dir(self.path)
+        if self._store is None:
+            self._store = WriteStore(self._target)
+        root = None if root is None else os.fspath(root)
+        manifest = start_manifest(self._store, self.settings, existing, root, warnings)
+        metas, self._records, failed = stored_records(self._store)
+        self._metas: dict[str, dict] = metas
+        self._batch = Batch(self._store, manifest, failed)
+        self._batch.sizes = {key: meta["nbytes"] for key, meta in metas.items()}
+        self._batch.committed_images = len(metas)
+        self._batch.before_commit = self._set_format_version
+        self._extended = sum(1 for meta in metas.values() if _extended(meta))
 
+    # --- the public interface -------------------------------------------------------------
 
-def _open_existing(output: str) -> tuple[WriteStore | None, dict | None]:
-    """The store at ``output`` opened for writing, and its manifest; (None, None) if none.
+    def add(
+        self,
+        key: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        image: np.ndarray | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Store one image under ``key``, from a file (``path``) or an array (``image``).
 
-    Raises:
-        TruncatedStoreError, StoreDamagedError: the store is damaged.
-        NotACacheError, FormatVersionError: it is not a store this version updates.
-    """
-    if not store_exists(output):
-        return None, None
-    store = WriteStore(output)  # refuses a truncated or structurally damaged store
-    try:
-        raw = store.get(DB_MANIFEST, MANIFEST_KEY)
-        if raw is None and not store.is_empty():
-            raise NotACacheError(
-                f"output '{output}' is an LMDB store but not an image cache (it has no "
-                "manifest); choose another -o"
-            )
-        return store, None if raw is None else decode_manifest(raw, output)
-    except BaseException:
-        store.close()
-        raise
+        Args:
+            key: Any str LMDB can hold: not empty, at most 511 bytes in UTF-8.
+            path: An image file, decoded like ``build-cache`` does (in a worker process
+                when ``workers > 1``: its errors may then surface on a later call).
+            image: uint8 pixels, ``(H, W, 3)`` RGB, ``(H, W)`` grey or ``(H, W, 4)`` RGBA,
+                already upright; copied, so the caller may reuse it at once.
+            extra: A map of your own (labels, ids...) stored with the record as msgpack:
+                str keys; str, int, float, bool, bytes, None, lists and maps as values;
+                at most 64 KiB. Read back as ``record.extra``.
 
+        Raises:
+            TypeError: ``key`` is not a str, not exactly one of ``path`` and ``image``, or
+                ``image`` is not a uint8 array.
+            ValueError: a key LMDB cannot hold, an array of another shape, or an ``extra``
+                that cannot be stored.
+            ImageDecodeError: (``errors="raise"``) this or an earlier file cannot be decoded.
+            RuntimeError: the writer is closed.
+        """
+        self._check_open()
+        _check_key(key)
+        if (path is None) == (image is None):
+            raise TypeError("give exactly one of path= (an image file) or image= (an array)")
+        if extra is not None:
+            try:
+                extra = check_extra(extra)
+            except ValueError as e:
+                raise ValueError(f"{display_key(key)!r}: {e}") from None
+        if path is not None:
+            self._submit(key, os.fspath(path), None, extra)
+        else:
+            self._queue(self._array_outcome(key, image), extra)
 
-def _stored_settings(output: str) -> dict | None:
-    """The settings of the store at ``output``, or None if they cannot be read.
+    def remove(self, key: str) -> bool:
+        """Delete ``key``'s record (and any failure noted for it); whether there was one."""
+        self._check_open()
+        self._drain(0)  # an add of this key still in flight must not land afterwards
+        meta = self._metas.pop(key, None)
+        self._batch.succeed(key)
+        if meta is None:
+            return False
+        self._extended -= _extended(meta)
+        self._batch.delete(encode_key(key))
+        self.result.removed += 1
+        return True
 
-    The store may be damaged in any way (that is why it is rebuilt), so LMDB reads its
-    manifest in a child process: a fault there costs only the child.
-    """
-    try:
-        raw = call_isolated(_read_manifest_bytes, output)
-    except (ChildCrashed, RuntimeError):
-        return None
-    if raw is None:
-        return None
-    try:
-        manifest = check_manifest(unseal(raw, MANIFEST_KEY))
-    except ValueError:
-        try:  # a manifest of format version 1 (no seal)
-            manifest = check_manifest(unpack(raw))
-        except ValueError:
-            return None
-    return dict(manifest["settings"])
+    def __contains__(self, key: object) -> bool:
+        """Whether the store holds ``key`` (adds still decoding not counted)."""
+        return key in self._metas
 
+    def close(self) -> BuildResult:
+        """Store what is in flight, encode kept records again if the codec changed, commit
+        with the manifest marked complete, and put a rebuilt store in place.
 
-def _read_manifest_bytes(output: str) -> bytes | None:
-    # No size check: in this child a read past the end of a short file costs only the child,
-    # and the manifest's pages may well lie before the cut.
-    env = lmdb.open(output, readonly=True, lock=False, subdir=True, max_dbs=MAX_DBS)
-    with env.begin() as txn:
-        raw = txn.get(MANIFEST_KEY, db=env.open_db(DB_MANIFEST, txn=txn, create=False))
-        return None if raw is None else bytes(raw)
+        Returns:
+            What the writer did (``result.failures`` lists files that could not be decoded
+            with ``errors="record"``).
 
+        Raises:
+            ImageDecodeError: (``errors="raise"``) a file still in flight cannot be decoded;
+                nothing of this writer's last transaction is committed then.
+            DiskFullError: the device is full; what was committed stays.
+        """
+        if self._closed:
+            return self.result
+        try:
+            self._drain(0)
+            self._recode_kept()
+            self._batch.commit(final=True)
+        except BaseException:
+            self._abandon()
+            raise
+        self.result.failures = sorted((display_key(k), r) for k, r in self._batch.reasons.items())
+        self.result.images = len(self._batch.sizes)
+        self.result.total_bytes = sum(self._batch.sizes.values())
+        self._closed = True
+        try:
+            assert self._store is not None
+            self._store.close()
+            if self._target != self.path:
+                self.result.warnings += replace_store(self._target, self.path)
+        finally:
+            self._release()
+        self.result.seconds = time.perf_counter() - self._started
+        return self.result
 
-def _settings(
-    asked: tuple[Any, Any, Any, Any],
-    stored: dict | None,
-    rebuild: bool,
-    replacing: bool,
-    output: str,
-    result: BuildResult,
-) -> dict[str, Any]:
-    """The settings of this build: those asked, the store's for those not asked."""
-    max_side, resample, codec, level = asked
-    if stored is None and replacing and max_side is KEEP:
-        raise SettingsMismatchError(
-            f"the settings of cache '{output}' cannot be read from the damaged store, so the "
-            "rebuild cannot keep them: give them, e.g. 'build-cache SRC -o "
-            f"{output} --rebuild --max-side 640' (or '--max-side none' for full size)"
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._abandon()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self._abandon()
+        except Exception:
+            pass
+
+    # --- for build-cache (same package) ----------------------------------------------------
+
+    def _add_source(self, key: str, path: str, known_sha256: str | None) -> None:
+        """Decode ``path`` unless its content hash is ``known_sha256`` (then only its
+        fingerprint is refreshed); the record keeps its ``extra``."""
+        self._submit(key, path, known_sha256, _KEEP_EXTRA)
+
+    def _fail(self, key: str, reason: str) -> None:
+        self._batch.fail(key, reason)
+
+    def _delete_raw(self, ekey: bytes) -> None:
+        """Remove whatever is stored under an LMDB key (a record whose metadata may be bad)."""
+        meta = self._metas.pop(decode_key(ekey), None)
+        self._batch.delete(ekey)
+        if meta is not None:
+            self._extended -= _extended(meta)
+            self.result.removed += 1
+
+    def _kept_to_recode(self, skip: set[str]) -> list[str]:
+        codec, level = self.settings["codec"], self.settings["level"]
+        return [
+            k for k, m in self._metas.items() if k not in skip and needs_recode(m, codec, level)
+        ]
+
+    def _recode_kept(self, skip: set[str] | None = None) -> None:
+        """Encode again, from their stored pixels, the records whose codec or level is not
+        the writer's (never by decoding a source again)."""
+        assert self._store is not None
+        codec, level = self.settings["codec"], self.settings["level"]
+        for key in self._kept_to_recode(skip or set()):
+            self._metas[key] = recode(self._store, self._batch, key, self._metas[key], codec, level)
+            self.result.recoded += 1
+            self._progress.advance(key)
+            self._maybe_commit()
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    def _submit(self, key: str, path: str, known_sha256: str | None, extra: Any) -> None:
+        options = (
+            self.settings["max_side"],
+            self.settings["resample"],
+            known_sha256,
+            self.settings["codec"],
+            self.settings["level"] or 0,
         )
-    if stored is None:
-        if replacing and resample is KEEP:
-            result.warnings.append(
-                f"the settings of cache '{output}' could not be read: resampling with "
-                "'bilinear' (pass --resample to choose)"
-            )
-        chosen = {
-            "max_side": None if max_side is KEEP else max_side,
-            "resample": "bilinear" if resample is KEEP else resample,
-        }
-    else:
-        chosen = {
-            "max_side": stored.get("max_side") if max_side is KEEP else max_side,
-            "resample": stored.get("resample") if resample is KEEP else resample,
-        }
-        for name in ("max_side", "resample"):
-            if not rebuild and chosen[name] != stored.get(name):
-                raise SettingsMismatchError(
-                    f"cache '{output}' was built with {name}={stored.get(name)!r}, this build "
-                    f"asks {name}={chosen[name]!r}; add --rebuild to rebuild it with the new "
-                    "settings, or leave the option out to keep the cache's"
-                )
-    stored_codec = (stored or {}).get("codec", RAW)
-    chosen["codec"] = stored_codec if codec is KEEP else codec
-    if level is not KEEP and codec is KEEP and stored_codec == RAW:
-        chosen["codec"] = ZSTD  # a level asks for compression
-    if chosen["codec"] == ZSTD:
-        kept = (stored or {}).get("level") if stored_codec == ZSTD else None
-        chosen["level"] = (kept or DEFAULT_LEVEL) if level is KEEP else level
-    else:
-        chosen["level"] = None
-    return {
-        **chosen,
-        "pillow_version": PIL.__version__,
-        "checksum": CHECKSUM_ALGORITHM,
-    }
+        if self._pool is None:
+            self._queue(decode_task(path, key, *options), extra)
+            return
+        self._window.append((self._pool.apply_async(decode_task, (path, key, *options)), extra))
+        self._drain(self._in_flight)
+
+    def _queue(self, outcome: tuple[Any, ...], extra: Any) -> None:
+        self._window.append((outcome, extra))
+        self._drain(self._in_flight)
+
+    def _drain(self, limit: int) -> None:
+        """Store the oldest results until at most ``limit`` are in flight (in add order)."""
+        while len(self._window) > limit:
+            pending, extra = self._window.popleft()
+            outcome = pending if isinstance(pending, tuple) else pending.get()
+            self._store_outcome(outcome, extra)
+
+    def _store_outcome(self, outcome: tuple[Any, ...], extra: Any) -> None:
+        status, key = outcome[0], outcome[1]
+        old = self._metas.get(key)
+        if status == "fail":
+            if self._errors == "raise":
+                raise ImageDecodeError(key, outcome[2])
+            self._batch.fail(key, outcome[2])
+            if old is not None:  # the source changed into something undecodable
+                del self._metas[key]
+                self._extended -= _extended(old)
+                self._batch.delete(encode_key(key))
+        elif status == "same":
+            assert old is not None
+            self._put(key, {**old, **outcome[2]}, None)
+            self.result.touched += 1
+        else:
+            meta, stored = outcome[2], outcome[3]
+            if extra is _KEEP_EXTRA:
+                extra = None if old is None else old.get("extra")
+            if extra is not None:
+                meta["extra"] = extra
+            self._put(key, meta, stored.data if isinstance(stored, np.ndarray) else stored)
+            if old is None:
+                self.result.added += 1
+            else:
+                self.result.updated += 1
+        self._batch.images += 1
+        self._progress.advance(key)
+        self._maybe_commit()
+
+    def _put(self, key: str, meta: dict, data: Any) -> None:
+        """Queue a record; ``data`` None: the stored pixels stay (only the metadata changed)."""
+        codec, level = self.settings["codec"], self.settings["level"]
+        old = self._metas.get(key)
+        self._extended += _extended(meta) - (0 if old is None else _extended(old))
+        if data is None and needs_recode(meta, codec, level):
+            assert self._store is not None
+            meta = recode(self._store, self._batch, key, meta, codec, level)
+            self.result.recoded += 1
+        elif data is None:
+            self._batch.put_meta(key, meta)
+        else:
+            self._batch.put(key, meta, data)
+        self._batch.succeed(key)
+        self._metas[key] = meta
+
+    def _array_outcome(self, key: str, image: Any) -> tuple[Any, ...]:
+        pixels, mode = to_rgb_array(image)
+        height, width = pixels.shape[:2]
+        capped = cap_pixels(pixels, self.settings["max_side"], self.settings["resample"])
+        if capped is pixels or np.shares_memory(capped, image):
+            capped = capped.copy()  # the caller may change its array before the commit
+        decoded = DecodedImage(np.ascontiguousarray(capped), width, height, 1, mode, None)
+        meta = pixel_meta(decoded)
+        stored, fields = encode(decoded.pixels, self.settings["codec"], self.settings["level"])
+        if self.settings["codec"] == RAW:
+            stored = decoded.pixels
+        return ("ok", key, meta | fields, stored)
+
+    def _maybe_commit(self) -> None:
+        if self._batch.bytes >= self._limits[0] or self._batch.images >= self._limits[1]:
+            self._batch.commit()
+
+    def _set_format_version(self, final: bool) -> None:
+        manifest = self._batch.manifest
+        if self._extended > 0:
+            manifest["format_version"] = EXTENDED_FORMAT_VERSION
+        elif final and self.settings["codec"] == RAW:
+            manifest["format_version"] = FORMAT_VERSION  # every record is raw: version 2
+        elif self.settings["codec"] != RAW or manifest["format_version"] != FORMAT_VERSION:
+            manifest["format_version"] = COMPRESSED_FORMAT_VERSION
+
+    # --- ending -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the writer of '{self.path}' is closed")
+
+    def _abandon(self) -> None:
+        """End without the final commit: what was committed stays; a rebuild's new store goes."""
+        self._closed = True
+        self._window.clear()
+        if self._store is not None:
+            self._store.close()
+            if self._target != self.path:
+                remove_store_dir(self._target)  # the old store stays as it was
+        self._release()
+
+    def _release(self) -> None:
+        self._lock.release()
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
-def _start_manifest(
-    store: WriteStore,
-    source: str,
-    output: str,
-    settings: dict,
-    existing: dict | None,
-    result: BuildResult,
-) -> dict:
-    """The manifest this build maintains, written now with ``complete: false``."""
-    if existing is not None:
-        old = existing["settings"]
-        if old.get("pillow_version") != settings["pillow_version"]:
-            result.warnings.append(
-                f"the cache holds images decoded with Pillow {old.get('pillow_version')}; new "
-                f"ones use Pillow {settings['pillow_version']} (use --rebuild for uniform pixels)"
-            )
-        if os.path.realpath(existing["source_root"]) != os.path.realpath(source):
-            result.warnings.append(
-                f"the cache was built from '{existing['source_root']}', now updated from "
-                f"'{os.path.realpath(source)}'"
-            )
-        manifest = dict(existing)
-        manifest["settings"] = {
-            **old,
-            "pillow_version": settings["pillow_version"],
-            "codec": settings["codec"],
-            "level": settings["level"],
-        }
-    else:
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "settings": settings,
-            "created": now(),
-            "writer": f"{FORMAT_NAME} {__version__}",
-            "images": 0,
-            "failed": 0,
-            "total_bytes": 0,
-        }
-    if settings["codec"] != RAW:
-        manifest["format_version"] = COMPRESSED_FORMAT_VERSION
-    manifest.update(complete=False, source_root=os.path.realpath(source), updated=now())
-    store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
-    return manifest
+def _extended(meta: dict) -> int:
+    """1 for a record that needs format version 4 (an ``extra``, or written from an array)."""
+    return int("extra" in meta or not has_source(meta))
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"a key must be a str, got {type(key).__name__}")
+    problem = key_problem(key)
+    if problem is not None:
+        raise ValueError(f"key {display_key(key)!r} cannot be stored: {problem}")

@@ -138,7 +138,7 @@ def train_command(
     "--predictions",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Also write the detected polygons (canonical frame) per image to this JSON file.",
+    help="Also write the detected polygons (upright frame) per image to this JSON file.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -160,7 +160,7 @@ def eval_command(
       ocr-eval -k runs/dbnet/best.pt
       ocr-eval -k runs/dbnet/best.pt datasets.val_dataset.image_cache=data/val.lmdb
 
-    Polygons are compared in the canonical frame (the upright, full-size image).
+    Polygons are compared in the upright frame (the upright, full-size image).
     """
 
     def action() -> Any:

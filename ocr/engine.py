@@ -210,7 +210,7 @@ def evaluate(
             with autocast(device, amp):
                 prob = model(images)["prob"]
             prob_np = prob.float().cpu().numpy()
-            detections = post.batch(prob_np, batch.inverse_matrix, batch.canonical_size)
+            detections = post.batch(prob_np, batch.inverse_matrix, batch.upright_size)
             for name, dets, gts, ignore in zip(
                 batch.filename, detections, batch.gt_polygons, batch.gt_ignore, strict=True
             ):
@@ -248,7 +248,7 @@ def poly_schedule(total_steps: int, power: float, warmup_steps: int) -> Callable
 
 
 def detections_to_json(predictions: dict[str, list[Detection]]) -> dict[str, Any]:
-    """Per image: a list of ``{"points": [[x, y], ...], "score": s}`` in the canonical frame."""
+    """Per image: a list of ``{"points": [[x, y], ...], "score": s}`` in the upright frame."""
     return {
         name: [
             {"points": np.round(d.polygon, 2).tolist(), "score": round(float(d.score), 4)}

@@ -21,22 +21,28 @@ Everything is computed in float32 with autocast off, whatever dtype the predicti
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_number
 from .data.sample import TARGET_NAMES, DBNetMaps
 
 
 def _check_weight(name: str, value: float, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "positive" if positive else "non-negative"
-        raise ValueError(f"{name} must be a {bound} finite number, got {value}")
+    """``value`` as a float: a finite number ``>= 0`` (``> 0`` when ``positive``)."""
+    bound = "positive" if positive else "non-negative"
+    check_number(
+        name,
+        value,
+        numpy=False,
+        minimum=0,
+        exclusive_minimum=positive,
+        finite=True,
+        expected=f"a {bound} finite number",
+    )
     return float(value)
 
 
@@ -94,10 +100,14 @@ class DBLoss(nn.Module):
         self.thresh_weight = _check_weight("thresh_weight", thresh_weight)
         self.ohem_ratio = _check_weight("ohem_ratio", ohem_ratio, positive=True)
         self.eps = _check_weight("eps", eps, positive=True)
-        if isinstance(empty_negatives, bool) or not isinstance(empty_negatives, int):
-            raise TypeError(f"empty_negatives must be an int, got {type(empty_negatives).__name__}")
-        if empty_negatives < 0:
-            raise ValueError(f"empty_negatives must be at least 0, got {empty_negatives}")
+        check_number(
+            "empty_negatives",
+            empty_negatives,
+            integer=True,
+            numpy=False,
+            minimum=0,
+            expected="at least 0",
+        )
         self.empty_negatives = empty_negatives
 
     def forward(

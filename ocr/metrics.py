@@ -27,6 +27,8 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
+from .checks import check_number, is_number
+
 
 @dataclass
 class ImageCounts:
@@ -44,12 +46,8 @@ class ImageCounts:
 
 
 def _check_fraction(name: str, value: Any, low_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not ((value > 0 if low_open else value >= 0) and value <= 1):
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}0, 1], got {value}")
-    return value
+    """``value`` as a float in ``(0, 1]`` (``[0, 1]`` without ``low_open``)."""
+    return float(check_number(name, value, minimum=0, maximum=1, exclusive_minimum=low_open))
 
 
 def _to_geometry(points: Any, what: str) -> shapely.Geometry:
@@ -118,6 +116,16 @@ def evaluate_image(
     care_gts = [g for g, flag in zip(gts, ignore, strict=True) if not flag]
     dont_care = [g for g, flag in zip(gts, ignore, strict=True) if flag]
 
+    preds, pred_areas = _drop_dont_care(preds, dont_care, ignore_overlap)
+    matched = _greedy_matches(care_gts, preds, pred_areas, iou_threshold)
+    return ImageCounts(matched=matched, num_pred=len(preds), num_gt=len(care_gts))
+
+
+def _drop_dont_care(
+    preds: list[shapely.Geometry], dont_care: list[shapely.Geometry], ignore_overlap: float
+) -> tuple[list[shapely.Geometry], np.ndarray]:
+    """The predictions without those more than ``ignore_overlap`` of whose area lies in one
+    don't-care ground truth, and the kept predictions' areas."""
     pred_areas = np.array([p.area for p in preds])
     if dont_care and preds:
         inside = _intersection_areas(preds, dont_care)
@@ -126,7 +134,17 @@ def evaluate_image(
         keep = ~np.any(share > ignore_overlap, axis=1)
         preds = [p for p, k in zip(preds, keep, strict=True) if k]
         pred_areas = pred_areas[keep]
+    return preds, pred_areas
 
+
+def _greedy_matches(
+    care_gts: list[shapely.Geometry],
+    preds: list[shapely.Geometry],
+    pred_areas: np.ndarray,
+    iou_threshold: float,
+) -> int:
+    """One-to-one matches in the script's order: each ground truth takes the first free
+    prediction whose IoU with it is ``>= iou_threshold``."""
     inter = _intersection_areas(care_gts, preds)
     gt_areas = np.array([g.area for g in care_gts])
     union = gt_areas[:, None] + pred_areas[None, :] - inter
@@ -143,7 +161,7 @@ def evaluate_image(
                 pred_taken[p] = True
                 matched += 1
                 break
-    return ImageCounts(matched=matched, num_pred=len(preds), num_gt=len(care_gts))
+    return matched
 
 
 class DetectionMetric:
@@ -193,7 +211,7 @@ class DetectionMetric:
         if not isinstance(counts, ImageCounts):
             raise TypeError(f"counts must be an ImageCounts, got {type(counts).__name__}")
         values = (counts.matched, counts.num_pred, counts.num_gt)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        if not all(is_number(v, integer=True) for v in values):
             raise TypeError(f"counts must hold integers, got {counts}")
         if min(values) < 0 or counts.matched > min(counts.num_pred, counts.num_gt):
             raise ValueError(

@@ -17,7 +17,7 @@ This is the "box" post-processing of the reference implementation (MhLiao/DB,
    ``unclip_mode="inverse"`` offsets by the exact inverse of the targets' shrink of a
    rectangle instead (``inverse_shrink_distance``), which restores long lines too;
 5. fit a minimum-area rectangle to the expanded polygon, drop it if its short side is below
-   ``min_size + 2``, map its corners to the canonical frame and clip them to the image.
+   ``min_size + 2``, map its corners to the upright frame and clip them to the image.
 
 Coordinate convention: a contour vertex at column ``j``, row ``i`` is read as the point
 ``(x, y) = (j, i)`` of the sample frame, with no half-pixel shift. ``DBNetTargets``
@@ -43,6 +43,9 @@ import numpy as np
 import pyclipper
 import torch
 
+from .checks import check_number
+from .data.polygons import polygon_area, polygon_perimeter
+
 # Clipper works on integers; offset in 1/256 pixel units so sub-pixel corners survive.
 _CLIPPER_SCALE = 256.0
 
@@ -52,7 +55,7 @@ class Detection:
     """One detected text region.
 
     Attributes:
-        polygon: ``(4, 2)`` float64 corners in the canonical frame (the sample frame when no
+        polygon: ``(4, 2)`` float64 corners in the upright frame (the sample frame when no
             matrix is given), clockwise on screen (y down), starting with the corner that has
             the smallest ``x + y``.
         score: Mean probability inside the un-expanded contour, in ``[0, 1]`` for a
@@ -61,18 +64,6 @@ class Detection:
 
     polygon: np.ndarray
     score: float
-
-
-def _check_fraction(name: str, value: Any, low_open: bool, high_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    low_ok = value > 0 if low_open else value >= 0
-    high_ok = value < 1 if high_open else value <= 1
-    if not (low_ok and high_ok):
-        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
 
 
 def _to_numpy(array: Any, name: str) -> np.ndarray:
@@ -112,9 +103,9 @@ def _as_size(size: Any) -> tuple[float, float]:
     try:
         width, height = (float(v) for v in size)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"canonical_size must be a (width, height) pair, got {size!r}") from e
+        raise ValueError(f"upright_size must be a (width, height) pair, got {size!r}") from e
     if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
-        raise ValueError(f"canonical_size must be positive, got {size!r}")
+        raise ValueError(f"upright_size must be positive, got {size!r}")
     return width, height
 
 
@@ -148,9 +139,7 @@ def _unclip(
     box: np.ndarray, ratio: float, mode: str = "ratio", shrink_ratio: float = 0.4
 ) -> np.ndarray | None:
     """Offset ``box`` outwards (see ``DBPostProcess``); None when degenerate."""
-    x, y = box[:, 0], box[:, 1]
-    area = abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
-    perimeter = float(np.linalg.norm(box - np.roll(box, -1, axis=0), axis=1).sum())
+    area, perimeter = polygon_area(box), polygon_perimeter(box)
     if area <= 0 or perimeter <= 0:
         return None
     if mode == "inverse":
@@ -179,13 +168,8 @@ def _order_corners(points: np.ndarray) -> np.ndarray:
     return np.roll(points, -start, axis=0)
 
 
-def _area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
-
-
 class DBPostProcess:
-    """Turns DBNet probability maps into quadrilaterals in the canonical image frame.
+    """Turns DBNet probability maps into quadrilaterals in the upright image frame.
 
     Args:
         thresh: Binarization threshold of the probability map, in ``(0, 1)``.
@@ -216,28 +200,17 @@ class DBPostProcess:
         unclip_mode: str = "ratio",
         shrink_ratio: float = 0.4,
     ) -> None:
-        self.thresh = _check_fraction("thresh", thresh, low_open=True, high_open=True)
-        self.box_thresh = _check_fraction("box_thresh", box_thresh, low_open=False, high_open=False)
-        for name, value in (("unclip_ratio", unclip_ratio), ("min_size", min_size)):
-            if isinstance(value, bool) or not isinstance(
-                value, (int, float, np.integer, np.floating)
-            ):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (unclip_ratio > 0 and math.isfinite(unclip_ratio)):
-            raise ValueError(f"unclip_ratio must be a finite number > 0, got {unclip_ratio}")
-        if not (min_size >= 0 and math.isfinite(min_size)):
-            raise ValueError(f"min_size must be a finite number >= 0, got {min_size}")
-        if isinstance(max_candidates, bool) or not isinstance(max_candidates, (int, np.integer)):
-            raise TypeError(
-                f"max_candidates must be an integer, got {type(max_candidates).__name__}"
-            )
-        if max_candidates < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+        open_unit: dict[str, Any] = {"exclusive_minimum": True, "exclusive_maximum": True}
+        self.thresh = float(check_number("thresh", thresh, minimum=0, maximum=1, **open_unit))
+        self.box_thresh = float(check_number("box_thresh", box_thresh, minimum=0, maximum=1))
+        check_number("unclip_ratio", unclip_ratio, minimum=0, exclusive_minimum=True, finite=True)
+        check_number("min_size", min_size, minimum=0, finite=True)
+        check_number("max_candidates", max_candidates, integer=True, minimum=1)
         if unclip_mode not in ("ratio", "inverse"):
             raise ValueError(f"unclip_mode must be 'ratio' or 'inverse', got {unclip_mode!r}")
         self.unclip_mode = unclip_mode
-        self.shrink_ratio = _check_fraction(
-            "shrink_ratio", shrink_ratio, low_open=True, high_open=True
+        self.shrink_ratio = float(
+            check_number("shrink_ratio", shrink_ratio, minimum=0, maximum=1, **open_unit)
         )
         self.unclip_ratio = float(unclip_ratio)
         self.min_size = float(min_size)
@@ -255,15 +228,15 @@ class DBPostProcess:
         self,
         prob: np.ndarray | torch.Tensor,
         inverse_matrix: np.ndarray | torch.Tensor | None = None,
-        canonical_size: tuple[int, int] | None = None,
+        upright_size: tuple[int, int] | None = None,
     ) -> list[Detection]:
         """Detect text regions in one probability map.
 
         Args:
             prob: ``(H, W)`` or ``(1, H, W)`` probability map (numpy array or torch tensor).
-            inverse_matrix: ``(3, 3)`` matrix mapping sample pixel coordinates to the canonical
+            inverse_matrix: ``(3, 3)`` matrix mapping sample pixel coordinates to the upright
                 frame; None keeps sample coordinates.
-            canonical_size: ``(width, height)`` of the canonical image; corners are clipped to
+            upright_size: ``(width, height)`` of the upright image; corners are clipped to
                 ``[0, width] x [0, height]``, and detections left with zero area (entirely in
                 the padding, outside the image) are dropped. None skips the clipping.
 
@@ -273,11 +246,11 @@ class DBPostProcess:
         Raises:
             TypeError: ``prob`` or ``inverse_matrix`` is not an array or tensor, or ``prob``
                 does not hold real numbers.
-            ValueError: A wrong shape, a non-finite matrix, or a bad ``canonical_size``.
+            ValueError: A wrong shape, a non-finite matrix, or a bad ``upright_size``.
         """
         prob_map = _as_prob_map(prob)
         matrix = None if inverse_matrix is None else _as_matrix(inverse_matrix)
-        size = None if canonical_size is None else _as_size(canonical_size)
+        size = None if upright_size is None else _as_size(upright_size)
 
         bitmap = (prob_map > self.thresh).astype(np.uint8)
         contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
@@ -302,7 +275,7 @@ class DBPostProcess:
             if size is not None:
                 box[:, 0] = np.clip(box[:, 0], 0, size[0])
                 box[:, 1] = np.clip(box[:, 1], 0, size[1])
-                if _area(box) == 0:
+                if polygon_area(box) == 0:
                     continue
             detections.append(Detection(polygon=box, score=score))
         detections.sort(key=lambda d: (d.polygon[0, 1], d.polygon[0, 0], *d.polygon.ravel()))
@@ -312,14 +285,14 @@ class DBPostProcess:
         self,
         prob: np.ndarray | torch.Tensor,
         inverse_matrices: np.ndarray | torch.Tensor | None = None,
-        canonical_sizes: Any = None,
+        upright_sizes: Any = None,
     ) -> list[list[Detection]]:
         """Detect text regions in a batch of probability maps.
 
         Args:
             prob: ``(N, 1, H, W)`` or ``(N, H, W)`` probability maps.
             inverse_matrices: ``(N, 3, 3)`` matrices (see ``__call__``), or None.
-            canonical_sizes: N ``(width, height)`` pairs, or None.
+            upright_sizes: N ``(width, height)`` pairs, or None.
 
         Returns:
             One list of detections per sample, in batch order.
@@ -344,9 +317,7 @@ class DBPostProcess:
                     f"inverse_matrices must have shape ({n}, 3, 3) for {n} maps, "
                     f"got {tuple(matrices.shape)}"
                 )
-        sizes = [None] * n if canonical_sizes is None else list(canonical_sizes)
+        sizes = [None] * n if upright_sizes is None else list(upright_sizes)
         if len(sizes) != n:
-            raise ValueError(
-                f"canonical_sizes must hold {n} (width, height) pairs, got {len(sizes)}"
-            )
+            raise ValueError(f"upright_sizes must hold {n} (width, height) pairs, got {len(sizes)}")
         return [self(maps[i], matrices[i], sizes[i]) for i in range(n)]

@@ -20,12 +20,14 @@ from PIL import Image, ImageDraw
 from lmdb_cache.images import resample_filter
 from ocr.data.dataset import DONT_CARE, sample_seed
 from ocr.data.geometry import (
-    apply,
     orientation_matrix,
     polygons_in_upright_frame,
     scale_matrix,
     translate_matrix,
     upright_size,
+)
+from ocr.data.geometry import (
+    transform_points as apply,
 )
 from ocr.data.transforms import pad_to, resize, resized_size
 
@@ -236,11 +238,15 @@ class ReferenceDataset(torch.utils.data.Dataset):
             ann.polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
         ):
             to_upright = np.eye(3)
-        to_image = scale_matrix(loaded.scale_x, loaded.scale_y) @ to_upright
+        # The cap's per-axis scale, worked out here as the previous implementation did.
+        upright_w, upright_h = upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height)
+        scale_x = loaded.pixels.shape[1] / upright_w
+        scale_y = loaded.pixels.shape[0] / upright_h
+        to_image = scale_matrix(scale_x, scale_y) @ to_upright
         polygons = [apply(to_image, p) for p in ann.polygons]
         rng = np.random.default_rng(sample_seed(ds.seed, ds.epoch, index))
         image, moved, matrix, valid = self.transform(loaded.pixels, polygons, rng)
-        upright_to_sample = matrix @ scale_matrix(loaded.scale_x, loaded.scale_y)
+        upright_to_sample = matrix @ scale_matrix(scale_x, scale_y)
         dont_care = [text == DONT_CARE for text in ann.texts]
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
@@ -252,7 +258,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
             "filename": key,
             "raw_size": (loaded.raw_width, loaded.raw_height),
             "orientation": loaded.orientation,
-            "canonical_size": upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
+            "upright_size": upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
         }
         if self.targets is not None:
             sample.update(self.targets(image.shape[:2], sample["polygons"], sample["ignore"]))

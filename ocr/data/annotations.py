@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import is_number
+
 
 class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file and the entry."""
@@ -56,7 +58,7 @@ def _parse_points(path: str, where: str, points: Any) -> np.ndarray:
         if (
             not isinstance(pair, (list, tuple))
             or len(pair) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+            or not all(is_number(v, numpy=False) for v in pair)
             or not all(math.isfinite(v) for v in pair)
         ):
             raise _fail(

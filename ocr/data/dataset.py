@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lmdb_cache import CacheError, MissingImageError, open_cache
-from lmdb_cache.errors import StaleCacheError
+from lmdb_cache import MissingImageError, SettingsMismatchError, StaleCacheError, open_cache
 from lmdb_cache.freshness import changed_sources
+from lmdb_cache.geometry import upright_to_pixels
 from lmdb_cache.images import cap_pixels, decode_file
 
 from .annotations import ImageAnnotation, load_annotations
@@ -37,7 +37,6 @@ from .collate import collate, empty_batch
 from .geometry import (
     orientation_matrix,
     polygons_in_upright_frame,
-    scale_matrix,
     upright_size,
 )
 from .sample import TARGET_DTYPES, TARGET_NAMES, Batch, DBNetMaps, PolygonSet, Sample
@@ -47,18 +46,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedImage:
-    """An upright image from any source, with what is needed to move raw polygons onto it."""
+    """An upright image from any source, with what is needed to move raw polygons onto it
+    (the frames and matrices of ``lmdb_cache.geometry``)."""
 
     pixels: np.ndarray
     raw_width: int
     raw_height: int
     orientation: int
-    scale_x: float
-    scale_y: float
+
+    @property
+    def frame(self) -> dict[str, int]:
+        """The fields ``lmdb_cache.geometry`` reads, as a record's metadata has them."""
+        return {
+            "orientation": self.orientation,
+            "raw_width": self.raw_width,
+            "raw_height": self.raw_height,
+            "width": int(self.pixels.shape[1]),
+            "height": int(self.pixels.shape[0]),
+        }
 
 
-class CacheSettingsError(CacheError, ValueError):
-    """The cache cannot reproduce the pixels the dataset's configuration asks for."""
+# A cache that cannot reproduce the configured pixels (the rule is the cache's own:
+# ``CacheReader.check_settings``).
+CacheSettingsError = SettingsMismatchError
 
 
 class DiskSource:
@@ -73,10 +83,7 @@ class DiskSource:
 
     def load(self, key: str) -> LoadedImage:
         d = decode_file(self.root / key, max_side=self.max_side, resample=self.resample)
-        cw, ch = d.canonical_size
-        return LoadedImage(
-            d.pixels, d.raw_width, d.raw_height, d.orientation, d.width / cw, d.height / ch
-        )
+        return LoadedImage(d.pixels, d.raw_width, d.raw_height, d.orientation)
 
 
 class PreloadSource:
@@ -109,21 +116,7 @@ class CacheSource:
         self.resample = resample
         self.fallback = fallback
         self._warned = False
-        settings = self.reader.settings
-        cap = settings.get("max_side")
-        if settings.get("resample") != resample and cap is not None:
-            raise CacheSettingsError(
-                f"cache '{self.path}' was resized with {settings.get('resample')!r}, the dataset "
-                f"uses {resample!r}; rebuild it with 'build-cache SRC -o {self.path} --rebuild "
-                f"--resample {resample}' or set resample: {settings.get('resample')}"
-            )
-        if cap is not None and cap != max_side:
-            raise CacheSettingsError(
-                f"cache '{self.path}' is capped at --max-side {cap}, the dataset's max_side is "
-                f"{max_side}; set max_side: {cap} for every source, or rebuild the cache with "
-                f"'build-cache SRC -o {self.path} --rebuild"
-                + (f" --max-side {max_side}'" if max_side else "'")
-            )
+        self.reader.check_settings(max_side, resample)
 
     def check_keys(self, keys: list[str]) -> list[str]:
         return [key for key in keys if key not in self.reader]
@@ -157,17 +150,10 @@ class CacheSource:
             return self.fallback.load(key)
         meta = record.meta
         # The transforms never write to their input (Pillow copies it), so the zero-copy view
-        # is handed on as it is: the one copy a sample pays is the transform's own.
+        # is handed on as it is: the one copy a sample pays is the transform's own. A
+        # full-size cache is capped here, exactly as build-cache would (check_settings).
         pixels = cap_pixels(record.image, self.max_side, self.resample)
-        cw, ch = upright_size(meta["orientation"], meta["raw_width"], meta["raw_height"])
-        return LoadedImage(
-            pixels,
-            meta["raw_width"],
-            meta["raw_height"],
-            meta["orientation"],
-            pixels.shape[1] / cw,
-            pixels.shape[0] / ch,
-        )
+        return LoadedImage(pixels, meta["raw_width"], meta["raw_height"], meta["orientation"])
 
 
 # The ICDAR transcription of a word that is present but not to be learned or counted.
@@ -276,7 +262,7 @@ class OCRDataset(Dataset):
         cache_stale: str,
     ) -> None:
         """The start-up checks of a cache source: its folder, missing keys, changed sources."""
-        built_from = source.reader.manifest.get("source_root")
+        built_from = source.reader.source_root
         if built_from and built_from != os.path.realpath(image_path):
             # Often a stale override (an image_cache left from another run); moved data
             # is fine, so this warns and the key and freshness checks below decide.
@@ -347,15 +333,18 @@ class OCRDataset(Dataset):
         key = self.keys[index]
         loaded = self.source.load(key)
         polygons = self._polygons[key]
+        frame = loaded.frame
         to_upright = orientation_matrix(loaded.orientation, loaded.raw_width, loaded.raw_height)
         if polygons_in_upright_frame(
             polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
         ):
             to_upright = np.eye(3)
-        to_image = scale_matrix(loaded.scale_x, loaded.scale_y) @ to_upright
+        scale = upright_to_pixels(frame)
         rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
-        result = self.transform(loaded.pixels, polygons.transformed(to_image), rng, out=out_image)
-        upright_to_sample = result.matrix @ scale_matrix(loaded.scale_x, loaded.scale_y)
+        result = self.transform(
+            loaded.pixels, polygons.transformed(scale @ to_upright), rng, out=out_image
+        )
+        upright_to_sample = result.matrix @ scale
         dont_care = self._dont_care[key]
         sample = Sample(
             image=result.image,
@@ -367,7 +356,7 @@ class OCRDataset(Dataset):
             filename=key,
             raw_size=(loaded.raw_width, loaded.raw_height),
             orientation=loaded.orientation,
-            canonical_size=upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
+            upright_size=upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
         )
         if self.targets is not None:
             sample.targets = self.targets(

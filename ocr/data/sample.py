@@ -7,7 +7,7 @@ declared type (``Stacked[...]`` fields become one tensor, ``HostStacked[...]`` o
 array, every other field a list), so collate never looks at field names.
 
 Frames: ``polygons`` are in the sample's pixel-corner frame (what the model sees);
-``gt_polygons`` in the canonical frame (upright, full size of the source file), where
+``gt_polygons`` in the upright frame (upright, full size of the source file), where
 evaluation happens; ``inverse_matrix`` maps the first onto the second.
 """
 
@@ -19,6 +19,8 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import torch
+
+from .polygons import polygon_areas, polygon_perimeters
 
 T = TypeVar("T")
 
@@ -134,29 +136,13 @@ class PolygonSet:
         np.clip(self.points[:, 1], 0, height, out=pts[:, 1])
         return PolygonSet(pts, self.offsets)
 
-    def _next_index(self) -> np.ndarray:
-        """For each point, the index of the next point of the same polygon (cyclic)."""
-        nxt = np.arange(1, len(self.points) + 1)
-        if len(self):
-            nxt[self.offsets[1:] - 1] = self.offsets[:-1]
-        return nxt
-
     def areas(self) -> np.ndarray:
-        """Absolute shoelace area of each polygon (float64)."""
-        if not len(self):
-            return np.zeros(0)
-        pts = self.points.astype(np.float64, copy=False)
-        nxt = pts[self._next_index()]
-        cross = pts[:, 0] * nxt[:, 1] - pts[:, 1] * nxt[:, 0]
-        return np.abs(np.add.reduceat(cross, self.offsets[:-1])) / 2
+        """Absolute shoelace area of each polygon (float64, ``ocr.data.polygons``)."""
+        return polygon_areas(self.points, self.offsets)
 
     def perimeters(self) -> np.ndarray:
-        """Closed perimeter of each polygon (float64)."""
-        if not len(self):
-            return np.zeros(0)
-        pts = self.points.astype(np.float64, copy=False)
-        edges = np.hypot(*(pts[self._next_index()] - pts).T)
-        return np.add.reduceat(edges, self.offsets[:-1])
+        """Closed perimeter of each polygon (float64, ``ocr.data.polygons``)."""
+        return polygon_perimeters(self.points, self.offsets)
 
     def bounds(self) -> np.ndarray:
         """``(N, 4)`` rows ``x_min, y_min, x_max, y_max``."""
@@ -210,13 +196,13 @@ class Sample:
         image: ``(H, W, 3)`` uint8, the transformed pixels (HWC: a transform writes rows).
         polygons: text polygons in the sample frame (float32).
         ignore: ``(N,)`` bool, polygons the targets mask out (don't-care text, or cut away).
-        gt_polygons: the annotation's polygons in the canonical frame (float64).
+        gt_polygons: the annotation's polygons in the upright frame (float64).
         gt_ignore: ``(N,)`` bool, don't-care ground truth (``###``) for evaluation.
-        inverse_matrix: ``(3, 3)`` float64, sample frame -> canonical frame.
+        inverse_matrix: ``(3, 3)`` float64, sample frame -> upright frame.
         filename: the image's key (its path relative to the image folder).
         raw_size: ``(width, height)`` of the source file as stored.
         orientation: its EXIF orientation (1..8).
-        canonical_size: ``(width, height)`` of the canonical frame.
+        upright_size: ``(width, height)`` of the upright frame.
         targets: DBNet maps, when the dataset computes them.
     """
 
@@ -229,7 +215,7 @@ class Sample:
     filename: str
     raw_size: tuple[int, int]
     orientation: int
-    canonical_size: tuple[int, int]
+    upright_size: tuple[int, int]
     targets: DBNetMaps | None = None
 
 
@@ -251,7 +237,7 @@ class Batch:
     filename: list[str]
     raw_size: list[tuple[int, int]]
     orientation: list[int]
-    canonical_size: list[tuple[int, int]]
+    upright_size: list[tuple[int, int]]
     targets: DBNetMaps | None = None
 
     def __len__(self) -> int:

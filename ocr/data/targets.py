@@ -118,6 +118,19 @@ def _canvas(target: np.ndarray) -> tuple[Image.Image, bool]:
     return Image.fromarray(np.ascontiguousarray(target), "L"), True
 
 
+def _as_polygons(
+    polygons: PolygonSet | Sequence[Any], ignore: Sequence[bool] | np.ndarray
+) -> tuple[PolygonSet, np.ndarray]:
+    """The polygons as a float64 ``PolygonSet`` and the flags as a bool array, one per polygon."""
+    if not isinstance(polygons, PolygonSet):
+        polygons = PolygonSet.from_list(polygons)
+    polygons = polygons.astype(np.float64)
+    flags = np.asarray(ignore, dtype=bool)
+    if flags.shape != (len(polygons),):
+        raise ValueError(f"need one ignore flag per polygon ({len(polygons)}), got {flags.shape}")
+    return polygons, flags
+
+
 class DBNetTargets:
     """Computes DBNet's four maps for one sample.
 
@@ -164,14 +177,7 @@ class DBNetTargets:
         Raises:
             ValueError: ``ignore`` does not have one flag per polygon.
         """
-        if not isinstance(polygons, PolygonSet):
-            polygons = PolygonSet.from_list(polygons)
-        polygons = polygons.astype(np.float64)
-        ignore = np.asarray(ignore, dtype=bool)
-        if ignore.shape != (len(polygons),):
-            raise ValueError(
-                f"need one ignore flag per polygon ({len(polygons)}), got {ignore.shape}"
-            )
+        polygons, ignore = _as_polygons(polygons, ignore)
         h, w = int(shape[0]), int(shape[1])
         if out is None:
             out = DBNetMaps(**{n: np.empty((h, w), TARGET_DTYPES[n]) for n in TARGET_NAMES})
@@ -183,20 +189,50 @@ class DBNetTargets:
         draw_prob, draw_mask, draw_band = (ImageDraw.Draw(image) for image, _ in canvases)
         thresh = out.thresh_map
         thresh.fill(0)
+        self._draw(polygons, ignore, (draw_prob, draw_mask, draw_band), thresh)
+        for target, (image, copied) in zip(maps, canvases, strict=True):
+            if copied:
+                np.copyto(target, np.asarray(image))
+        thresh *= np.float32(self.thresh_max - self.thresh_min)
+        thresh += np.float32(self.thresh_min)
+        return out
 
+    def _plan(
+        self, polygons: PolygonSet, ignore: np.ndarray
+    ) -> tuple[list[bool], list[float], list[Any]]:
+        """For the whole set in one array pass: which polygons are masked out (ignored, area
+        below 1, no perimeter, or a bounding-box side below ``min_text_size``), each one's
+        shrink distance ``D = A (1 - r^2) / L``, and its bounds ``[x0, y0, x1, y1]``."""
         areas, perimeters = polygons.areas(), polygons.perimeters()
         bounds = polygons.bounds()
         side = np.minimum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
         masked = ignore | (areas < 1) | (perimeters == 0) | (side < self.min_text_size)
         with np.errstate(divide="ignore", invalid="ignore"):
             distances = (areas * (1 - self.shrink_ratio**2) / perimeters).tolist()
+        return masked.tolist(), distances, bounds.tolist()
+
+    def _draw(
+        self,
+        polygons: PolygonSet,
+        ignore: np.ndarray,
+        draws: tuple[ImageDraw.ImageDraw, ImageDraw.ImageDraw, ImageDraw.ImageDraw],
+        thresh: np.ndarray,
+    ) -> None:
+        """Draw every polygon: a masked one as 0 on the probability mask; any other shrunk by
+        its ``D`` on the probability map, dilated by ``D`` on the threshold mask, and its
+        ``1 - distance / D`` band on ``thresh`` (before the rescaling to ``thresh_min..max``).
+
+        ``draws`` draw on the probability map, the probability mask and the threshold mask.
+        """
+        draw_prob, draw_mask, draw_band = draws
+        masked, distances, boxes = self._plan(polygons, ignore)
         rectangles = _axis_aligned_rectangles(polygons).tolist()
-        boxes = bounds.tolist()
         # Python lists once for the whole set: Clipper and Pillow take lists.
         rounded = np.round(polygons.points).astype(np.int64).tolist()
+        h, w = thresh.shape
         centres = np.arange(max(h, w), dtype=np.float32) + np.float32(0.5)
         offsets = polygons.offsets.tolist()
-        for i, skip in enumerate(masked.tolist()):
+        for i, skip in enumerate(masked):
             start, end = offsets[i], offsets[i + 1]
             polygon = polygons.points[start:end]
             if skip:
@@ -218,12 +254,6 @@ class DBNetTargets:
                 band = np.array(path, dtype=np.int64)
                 box = boxes[i] if rectangles[i] else None
                 self._draw_border(polygon, box, distance, band, thresh, centres)
-        for target, (image, copied) in zip(maps, canvases, strict=True):
-            if copied:
-                np.copyto(target, np.asarray(image))
-        thresh *= np.float32(self.thresh_max - self.thresh_min)
-        thresh += np.float32(self.thresh_min)
-        return out
 
     @staticmethod
     def _draw_border(

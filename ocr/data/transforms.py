@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from lmdb_cache.geometry import longest_side_size
 from lmdb_cache.images import resample_filter
 
 from .geometry import scale_matrix, translate_matrix
@@ -59,10 +60,7 @@ _CV2_FILTERS = {
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) after scaling the longest side to exactly ``size`` (up or down)."""
-    factor = size / max(width, height)
-    if width >= height:
-        return size, max(1, round(height * factor))
-    return max(1, round(width * factor)), size
+    return longest_side_size(width, height, size)
 
 
 def resize(image: np.ndarray, width: int, height: int, resample: str) -> np.ndarray:

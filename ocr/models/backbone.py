@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_number
+
 # BasicBlocks per stage, keyed by the names users put in configs.
 _DEPTHS: dict[str, tuple[int, int, int, int]] = {"resnet18": (2, 2, 2, 2)}
 BACKBONES: tuple[str, ...] = tuple(_DEPTHS)
@@ -80,10 +82,9 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"unknown backbone {arch!r}; valid backbones are {', '.join(BACKBONES)}"
             )
-        if isinstance(width, bool) or not isinstance(width, int):
-            raise TypeError(f"backbone width must be an int, got {type(width).__name__}")
-        if width < 1:
-            raise ValueError(f"backbone width must be at least 1, got {width}")
+        check_number(
+            "backbone width", width, integer=True, numpy=False, minimum=1, expected="at least 1"
+        )
         self.arch = arch
         self.width = width
         self.out_channels: tuple[int, int, int, int] = (width, 2 * width, 4 * width, 8 * width)

@@ -12,10 +12,10 @@ computed in float32.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from ..checks import check_number
 
 
 def _branch(inner_channels: int) -> nn.Sequential:
@@ -46,16 +46,20 @@ class DBHead(nn.Module):
 
     def __init__(self, inner_channels: int = 256, k: float = 50.0) -> None:
         super().__init__()
-        if isinstance(inner_channels, bool) or not isinstance(inner_channels, int):
-            raise TypeError(f"inner_channels must be an int, got {type(inner_channels).__name__}")
+        check_number("inner_channels", inner_channels, integer=True, numpy=False)
         if inner_channels < 4 or inner_channels % 4:
             raise ValueError(
                 f"inner_channels must be a positive multiple of 4, got {inner_channels}"
             )
-        if isinstance(k, bool) or not isinstance(k, (int, float)):
-            raise TypeError(f"k must be a number, got {type(k).__name__}")
-        if not (math.isfinite(k) and k > 0):
-            raise ValueError(f"k must be a positive finite number, got {k}")
+        check_number(
+            "k",
+            k,
+            numpy=False,
+            minimum=0,
+            exclusive_minimum=True,
+            finite=True,
+            expected="a positive finite number",
+        )
         self.k = float(k)
         self.prob = _branch(inner_channels)
         self.thresh = _branch(inner_channels)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_number
+
 
 class FPN(nn.Module):
     """Feature pyramid neck of DBNet.
@@ -33,8 +35,7 @@ class FPN(nn.Module):
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"FPN takes 4 feature levels (C2..C5), got {len(in_channels)}")
-        if isinstance(inner_channels, bool) or not isinstance(inner_channels, int):
-            raise TypeError(f"inner_channels must be an int, got {type(inner_channels).__name__}")
+        check_number("inner_channels", inner_channels, integer=True, numpy=False)
         if inner_channels < 4 or inner_channels % 4:
             raise ValueError(
                 f"inner_channels must be a positive multiple of 4 (the fused map concatenates "

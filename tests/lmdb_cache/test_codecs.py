@@ -129,7 +129,7 @@ def test_a_flipped_stored_byte_fails_the_stored_checksum(receipts, tmp_path):
     build_cache(receipts, store, workers=1, codec="zstd")
     key = sorted(p.name for p in receipts.iterdir())[0]
     with open_cache(store) as reader:
-        data = bytearray(bytes(reader._raw_get(DB_PIXELS, key.encode())))
+        data = bytearray(bytes(reader.raw_value(DB_PIXELS, key.encode())))
     data[len(data) // 2] ^= 0x10
     put_raw(store, DB_PIXELS, key.encode(), bytes(data))
     report = validate_cache(store)
@@ -179,7 +179,7 @@ def test_crafted_codec_fields_are_refused(receipts, tmp_path):
     with open_cache(store) as reader, pytest.raises(CorruptRecordError, match="codec"):
         reader[key]
     with open_cache(store) as reader:
-        assert "codec" in unseal(reader._raw_get(DB_META, ekey), ekey)
+        assert "codec" in unseal(reader.raw_value(DB_META, ekey), ekey)
 
 
 def test_cli_codec_options(receipts, tmp_path):

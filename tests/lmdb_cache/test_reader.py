@@ -17,7 +17,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from lmdb_cache import MissingImageError, build_cache, open_cache
+from lmdb_cache import MissingImageError, SettingsMismatchError, build_cache, open_cache
+
+from .conftest import TINY_SPEC
 
 
 def _write_images(folder: Path, count: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -253,3 +255,86 @@ def test_exif_rotated_jpeg_reads_back_upright(tmp_path):
         6,
     )
     assert record.image.shape == (64, 40, 3)
+
+
+# --- positions, streaming walks, settings -------------------------------------------------
+
+
+def test_key_at_and_record_at_follow_storage_order(tiny_cache):
+    expected = sorted(TINY_SPEC, key=lambda k: k.encode())
+    with open_cache(tiny_cache) as reader:
+        assert [reader.key_at(i) for i in range(len(reader))] == expected
+        assert reader.key_at(-1) == expected[-1]
+        assert reader.record_at(1).key == expected[1]
+        np.testing.assert_array_equal(reader.record_at(2).image, reader[expected[2]].image)
+        with pytest.raises(IndexError, match="outside the 6 records"):
+            reader.key_at(6)
+        with pytest.raises(TypeError, match="int"):
+            reader.key_at("0")
+        with pytest.raises(TypeError, match="record_at"):
+            reader[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 6, 1024])
+def test_iter_keys_and_items_stream_every_key_once(tiny_cache, chunk):
+    with open_cache(tiny_cache) as reader:
+        assert list(reader.iter_keys(chunk=chunk)) == reader.keys()
+        pairs = list(reader.items())
+        assert [k for k, _ in pairs] == reader.keys()
+        for key, record in pairs:
+            np.testing.assert_array_equal(record.image, reader[key].image)
+
+
+def test_a_walk_sees_an_update_from_its_next_chunk_without_repeats(many_images, tmp_path):
+    store = tmp_path / "w.lmdb"
+    build_cache(many_images, store, workers=1)
+    with open_cache(store, snapshot_seconds=None) as reader:
+        walk = reader.iter_keys(chunk=10)
+        first = [next(walk) for _ in range(10)]
+        # One LMDB environment per path per process: the writer runs in another process.
+        script = (
+            "import sys; from lmdb_cache import CacheWriter\n"
+            "with CacheWriter(sys.argv[1]) as w:\n"
+            "    w.remove('img_15.png')  # in the next chunk\n"
+            "    w.remove('img_02.png')  # already given\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(store)], check=True)
+        reader.refresh()
+        rest = list(walk)
+    assert first == [f"img_{i:02d}.png" for i in range(10)]
+    assert rest == [f"img_{i:02d}.png" for i in range(10, 48) if i != 15]
+
+
+def test_check_settings(tiny_images, tmp_path):
+    full = tmp_path / "full.lmdb"
+    capped = tmp_path / "capped.lmdb"
+    build_cache(tiny_images, full, workers=1)
+    build_cache(tiny_images, capped, workers=1, max_side=64, resample="lanczos")
+    with open_cache(full) as reader:
+        reader.check_settings(max_side=640, resample="bicubic")  # any cap, applied after
+        reader.check_settings()
+    with open_cache(capped) as reader:
+        reader.check_settings(max_side=64, resample="lanczos")
+        with pytest.raises(SettingsMismatchError, match="capped at --max-side 64"):
+            reader.check_settings(max_side=100, resample="lanczos")
+        with pytest.raises(SettingsMismatchError, match="--max-side none"):
+            reader.check_settings(max_side=None, resample="lanczos")
+        with pytest.raises(SettingsMismatchError, match="--resample bilinear"):
+            reader.check_settings(max_side=64, resample="bilinear")
+
+
+def test_info_is_a_copy_and_names_the_source(tiny_cache, tiny_images):
+    with open_cache(tiny_cache) as reader:
+        info = reader.info
+        info["images"] = -1
+        assert reader.info["images"] == 6
+        assert reader.source_root == str(tiny_images.resolve())
+        assert reader.settings["max_side"] is None
+
+
+def test_raw_access_names_the_databases(tiny_cache):
+    with open_cache(tiny_cache) as reader:
+        assert sorted(reader.raw_keys("meta")) == sorted(k.encode() for k in TINY_SPEC)
+        assert reader.raw_value("manifest", b"manifest") is not None
+        with pytest.raises(ValueError, match="choose one of manifest, meta, pixels, failures"):
+            list(reader.raw_keys("other"))

@@ -315,7 +315,9 @@ def manifest_v99(tiny_cache):
 
 
 def test_other_format_version_fails_the_reader_with_the_fix(manifest_v99):
-    with pytest.raises(FormatVersionError, match="format 99, this version reads 2 and 3; rebuild"):
+    with pytest.raises(
+        FormatVersionError, match="format 99, this version reads 2, 3 and 4; rebuild"
+    ):
         open_cache(manifest_v99)
 
 

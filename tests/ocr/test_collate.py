@@ -35,7 +35,7 @@ def _sample(i: int, with_maps: bool = True) -> Sample:
         filename=f"img{i}.png",
         raw_size=(10, 8),
         orientation=1,
-        canonical_size=(10, 8),
+        upright_size=(10, 8),
         targets=maps,
     )
 

@@ -21,8 +21,8 @@ def test_samples_use_orientations_3_6_8_and_polygons_cover_ink(tmp_path):
     for index in range(len(ds)):
         sample = ds[index]
         grey = sample.image.astype(np.float32).mean(axis=2)
-        content_w = int(sample.canonical_size[0] / sample.inverse_matrix[0, 0])
-        content_h = int(sample.canonical_size[1] / sample.inverse_matrix[1, 1])
+        content_w = int(sample.upright_size[0] / sample.inverse_matrix[0, 0])
+        content_h = int(sample.upright_size[1] / sample.inverse_matrix[1, 1])
         ink = np.zeros_like(grey, dtype=bool)
         ink[:content_h, :content_w] = grey[:content_h, :content_w] < 128  # padding is not ink
         mask = Image.new("L", (640, 640), 0)

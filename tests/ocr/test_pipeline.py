@@ -1,80 +1,26 @@
-"""ocr-train / ocr-eval end to end on generated receipts: files, resume, source parity, DDP."""
+"""ocr-train / ocr-eval end to end on generated receipts: files, resume, source parity, CLI.
+
+The ``receipts`` and ``trained`` fixtures are in ``conftest.py``; the runs under ``torchrun``
+are in ``test_distributed.py``, checkpoint errors in ``test_checkpoint.py``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
-from lmdb_cache import build_cache, copy_cache
+from lmdb_cache import build_cache
 from ocr.checkpoint import load_checkpoint
 from ocr.cli import eval_command, train_command
-from ocr.config import load_config
 from ocr.data.annotations import convert_icdar_folder
 from ocr.pipeline import evaluate_checkpoint, train
-from tools.make_samples import generate
 
-SPLITS = ("train_dataset", "val_dataset", "test_dataset")
-MAX_SIDE = 320
-
-
-@pytest.fixture(scope="module")
-def receipts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("receipts")
-    ann = generate(root / "img", count=6, seed=11)
-    build_cache(root / "img", root / "img.lmdb", max_side=MAX_SIDE, workers=1)
-    return root, ann
-
-
-def tiny_config(receipts, out: Path, **trainer) -> dict:
-    """The shipped config, shrunk: a narrow DBNet on 256-pixel inputs, 6 receipts."""
-    root, ann = receipts
-    cfg = load_config("configs/dbnet.yaml")
-    for split in SPLITS:
-        cfg["datasets"][split].update(
-            image_path=str(root / "img"), annotation_path=str(ann), max_side=MAX_SIDE
-        )
-        cfg["datasets"][split]["transform"] = {"name": "val", "size": 256}
-    cfg["datasets"]["train_dataset"]["transform"] = {
-        "name": "train",
-        "size": 256,
-        "scale_range": [0.8, 1.2],
-        "flip_prob": 0.5,
-    }
-    cfg["model"].update(width=8, inner_channels=32)
-    cfg["dataloader"].update(batch_size=2, num_workers=0)
-    # Low thresholds so that a barely trained model still detects boxes to compare.
-    cfg["postprocess"].update(thresh=0.2, box_thresh=0.2)
-    cfg["trainer"].update({"epochs": 2, "output_dir": str(out), **trainer})
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def trained(receipts, tmp_path_factory):
-    """A 2-epoch run: its config, summary and folder."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(receipts, out)
-    summary = train(cfg, progress=False, echo=lambda _: None)
-    return cfg, summary, out
-
-
-def _with_source(cfg: dict, source: str, receipts) -> dict:
-    cfg = json.loads(json.dumps(cfg))
-    val = cfg["datasets"]["val_dataset"]
-    if source == "preload":
-        val["preload_images"] = True
-    elif source == "cache":
-        val["image_cache"] = str(receipts[0] / "img.lmdb")
-    return cfg
+from .runs import MAX_SIDE, tiny_config, with_source
 
 
 def test_run_folder_holds_resolved_config_log_checkpoints_and_summary(trained):
@@ -139,7 +85,7 @@ def test_disk_evaluation_detects_boxes_to_compare(disk_eval):
 def test_evaluation_is_identical_from_every_image_source(receipts, trained, disk_eval, source):
     cfg, _, out = trained
     other = evaluate_checkpoint(
-        _with_source(cfg, source, receipts),
+        with_source(cfg, source, receipts),
         str(out / "last.pt"),
         progress=False,
         keep_predictions=True,
@@ -166,7 +112,7 @@ def test_ocr_eval_cli_prints_json_metrics(trained, disk_eval):
     assert doc["timing"]["images"] == 6
 
 
-def test_ocr_eval_cli_writes_predictions_in_the_canonical_frame(trained, tmp_path):
+def test_ocr_eval_cli_writes_predictions_in_the_upright_frame(trained, tmp_path):
     _, _, out = trained
     path = tmp_path / "pred.json"
     result = CliRunner().invoke(
@@ -179,125 +125,10 @@ def test_ocr_eval_cli_writes_predictions_in_the_canonical_frame(trained, tmp_pat
     assert all(set(d) == {"points", "score"} for dets in preds.values() for d in dets)
 
 
-def test_ocr_eval_cli_missing_checkpoint_exits_1_naming_it(tmp_path):
-    result = CliRunner().invoke(eval_command, ["-k", str(tmp_path / "none.pt")])
-    assert result.exit_code == 1
-    assert "none.pt' does not exist" in result.output
-
-
 def test_ocr_train_cli_unknown_override_is_a_usage_error():
     result = CliRunner().invoke(train_command, ["trainer.epochz=3"])
     assert result.exit_code == 2
     assert "'trainer.epochz' is not in configs/dbnet.yaml" in result.output
-
-
-def test_ocr_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
-    cfg, _, out = trained
-    wider = json.loads(json.dumps(cfg))
-    wider["model"]["width"] = 16
-    config = tmp_path / "wider.yaml"
-    config.write_text(yaml.safe_dump(wider))
-    result = CliRunner().invoke(eval_command, ["-k", str(out / "last.pt"), "-c", str(config)])
-    assert result.exit_code == 1
-    assert "does not fit the configured model" in result.output
-
-
-def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.run(
-        cmd + args, capture_output=True, text=True, env=env, cwd=Path.cwd(), timeout=300
-    )
-
-
-@pytest.mark.slow
-def test_two_gloo_ranks_evaluate_to_the_single_process_metrics(receipts, trained, tmp_path):
-    cfg, _, out = trained
-    cfg = _with_source(cfg, "cache", receipts)
-    # Five images: the ranks get 3 and 2, so padding or a lost image would show.
-    annotations = json.loads(Path(cfg["datasets"]["val_dataset"]["annotation_path"]).read_text())
-    names = sorted(annotations["images"])[:5]
-    annotations["images"] = {n: annotations["images"][n] for n in names}
-    (tmp_path / "five.json").write_text(json.dumps(annotations))
-    cfg["datasets"]["val_dataset"]["annotation_path"] = str(tmp_path / "five.json")
-    config = tmp_path / "cache.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    script = ["-m", "ocr.cli", "eval", "-k", str(out / "last.pt"), "-c", str(config), "--json"]
-    proc = _torchrun(script, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
-    single = evaluate_checkpoint(cfg, str(out / "last.pt"), progress=False)
-    assert single.metrics["num_pred"] > 0
-    assert {k: doc[k] for k in single.metrics} == single.metrics
-    assert doc["timing"]["images"] == 5
-
-
-@pytest.mark.slow
-def test_two_gloo_ranks_train_with_ddp_and_gather_validation(receipts, tmp_path):
-    cfg = tiny_config(receipts, tmp_path / "ddp", epochs=1)
-    cfg["datasets"]["train_dataset"]["image_cache"] = str(receipts[0] / "img.lmdb")
-    config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    proc = _torchrun(["-m", "ocr.cli", "train", "-c", str(config), "--json"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
-    assert summary["world_size"] == 2
-    # Validation inside the DDP run (two shards, gathered) equals one process on its weights.
-    single = evaluate_checkpoint(cfg, str(tmp_path / "ddp" / "last.pt"), progress=False)
-    assert summary["metrics"] == single.metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_nodes_each_reading_its_own_copy_evaluate_to_the_single_process_metrics(
-    receipts, trained, tmp_path
-):
-    # Two "nodes" on this machine (two torchrun agents, c10d rendezvous on 127.0.0.1), one
-    # rank each, each reading its own copy of the store, as on a cluster with local disks.
-    cfg, _, out = trained
-    cfg = _with_source(cfg, "cache", receipts)
-    shared = json.loads(json.dumps(cfg))  # the nodes' config names no reachable store
-    shared["datasets"]["val_dataset"]["image_cache"] = str(tmp_path / "not-on-any-node.lmdb")
-    config = tmp_path / "cache.yaml"
-    config.write_text(yaml.safe_dump(shared))
-    copies = [tmp_path / f"node{i}" / "img.lmdb" for i in range(2)]
-    for copy in copies:
-        copy.parent.mkdir()
-        assert copy_cache(receipts[0] / "img.lmdb", copy).report.ok
-    endpoint = f"127.0.0.1:{_free_port()}"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    nodes = []
-    for rank, copy in enumerate(copies):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
-        cmd += ["--nproc-per-node", "1", "--node-rank", str(rank), "--rdzv-backend", "c10d"]
-        cmd += ["--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes", "--local-addr", "127.0.0.1"]
-        cmd += ["--rdzv-conf", f"is_host={int(rank == 0)}"]
-        cmd += ["-m", "ocr.cli", "eval", "-k", str(out / "last.pt"), "-c", str(config), "--json"]
-        cmd += [f"datasets.val_dataset.image_cache={copy}"]
-        nodes.append(
-            subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-            )
-        )
-    outputs = []
-    try:
-        for node in nodes:
-            outputs.append(node.communicate(timeout=300))
-    finally:
-        for node in nodes:
-            node.kill()
-    for node, (_, err) in zip(nodes, outputs, strict=True):
-        assert node.returncode == 0, err[-3000:]
-    doc = json.loads(outputs[0][0])  # rank 0 (node 0) prints the result
-    single = evaluate_checkpoint(cfg, str(out / "last.pt"), progress=False)
-    assert single.metrics["num_pred"] > 0
-    assert {k: doc[k] for k in single.metrics} == single.metrics
-    assert doc["timing"]["images"] == 6
 
 
 def test_ocr_train_cli_prints_one_line_per_epoch_with_the_time_split(receipts, tmp_path):

@@ -169,7 +169,7 @@ def test_max_candidates_limits_the_contours_examined():
     assert len(DBPostProcess(max_candidates=3)(prob)) == 3
 
 
-def test_inverse_matrix_maps_corners_to_the_canonical_frame(post, map_200x40):
+def test_inverse_matrix_maps_corners_to_the_upright_frame(post, map_200x40):
     matrix = np.array([[2.0, 0.0, 5.0], [0.0, 2.0, -3.0], [0.0, 0.0, 1.0]])
     (det,) = post(map_200x40, matrix)
     # x' = 2 x + 5, y' = 2 y - 3 applied by hand to the expected sample-frame corners.
@@ -184,15 +184,15 @@ def test_inverse_matrix_maps_corners_to_the_canonical_frame(post, map_200x40):
     np.testing.assert_allclose(det.polygon, expected, atol=0.02)
 
 
-def test_corners_are_clipped_to_the_canonical_size(post, map_200x40):
-    (det,) = post(map_200x40, np.eye(3), canonical_size=(200, 100))
+def test_corners_are_clipped_to_the_upright_size(post, map_200x40):
+    (det,) = post(map_200x40, np.eye(3), upright_size=(200, 100))
     expected = EXPECTED_200x40.copy()
     expected[1:3, 0] = 200.0
     np.testing.assert_allclose(det.polygon, expected, atol=0.01)
 
 
-def test_detection_outside_the_canonical_image_is_dropped(post, map_200x40):
-    assert post(map_200x40, np.eye(3), canonical_size=(40, 40)) == []
+def test_detection_outside_the_upright_image_is_dropped(post, map_200x40):
+    assert post(map_200x40, np.eye(3), upright_size=(40, 40)) == []
 
 
 def test_torch_tensor_with_channel_axis_is_accepted(post, map_200x40):
@@ -231,13 +231,13 @@ def test_bad_inverse_matrix_shape_raises(post):
 
 
 @pytest.mark.parametrize("size", [(0, 10), (10,), "ab"], ids=["zero-width", "one-value", "string"])
-def test_bad_canonical_size_raises(post, size):
-    with pytest.raises(ValueError, match="canonical_size"):
+def test_bad_upright_size_raises(post, size):
+    with pytest.raises(ValueError, match="upright_size"):
         post(np.zeros((8, 8)), None, size)
 
 
 def test_batch_with_too_few_sizes_raises(post):
-    with pytest.raises(ValueError, match="canonical_sizes must hold 2"):
+    with pytest.raises(ValueError, match="upright_sizes must hold 2"):
         post.batch(np.zeros((2, 1, 8, 8)), None, [(8, 8)])
 
 

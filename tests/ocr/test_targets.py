@@ -1,4 +1,5 @@
-"""The vectorised DBNet targets against the per-polygon implementation they replaced.
+"""DBNet targets against hand-computed geometry, and the vectorised targets against the
+per-polygon implementation they replaced.
 
 ``tools/reference_pipeline.ReferenceTargets`` is the previous ``ocr/data/targets.py`` kept as
 the oracle: probability map and both masks must be identical, the threshold map within 1e-4.
@@ -15,6 +16,41 @@ import ocr.data.targets as targets_module
 from ocr.data.sample import TARGET_DTYPES, TARGET_NAMES, DBNetMaps, PolygonSet
 from ocr.data.targets import DBNetTargets
 from tools.reference_pipeline import ReferenceTargets
+
+RECT = np.array([[50, 60], [150, 60], [150, 100], [50, 100]], dtype=np.float64)  # 100 x 40
+
+
+def test_probability_map_is_the_polygon_shrunk_by_dbnet_offset():
+    # D = A (1 - r^2) / L = 4000 * 0.84 / 280 = 12: the kernel is 76 x 16 at (62, 72).
+    maps = DBNetTargets(shrink_ratio=0.4)((200, 200), [RECT], [False])
+    prob = maps.prob_map
+    ys, xs = np.nonzero(prob)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((62, 138, 72, 88), abs=1)
+    assert int(prob.sum()) == pytest.approx(76 * 16, rel=0.1)
+
+
+def test_threshold_map_runs_from_thresh_max_at_the_edge_to_thresh_min_at_d():
+    maps = DBNetTargets(thresh_min=0.3, thresh_max=0.7)((200, 200), [RECT], [False])
+    thresh = maps.thresh_map
+    assert thresh[80, 50] == pytest.approx(0.7, abs=0.03)  # on the left edge (pixel centre 0.5 off)
+    assert thresh[80, 44] == pytest.approx(0.7 - 0.4 * 5.5 / 12, abs=0.03)  # 5.5 px outside
+    assert thresh[5, 5] == pytest.approx(0.3)  # far away
+    assert maps.thresh_mask[80, 40] == 1 and maps.thresh_mask[5, 5] == 0
+
+
+def test_ignored_polygon_is_masked_not_learned():
+    maps = DBNetTargets()((200, 200), [RECT], [True])
+    assert maps.prob_map.sum() == 0
+    assert maps.prob_mask[80, 100] == 0 and maps.prob_mask[5, 5] == 1
+
+
+def test_degenerate_polygon_is_masked():
+    line = np.array([[10, 10], [100, 10], [100, 10], [10, 10]], dtype=np.float64)
+    maps = DBNetTargets()((200, 200), [line], [False])
+    assert maps.prob_map.sum() == 0
+
+
+# The vectorised targets against the per-polygon reference.
 
 
 def _boxes(rng: np.random.Generator, count: int, shape: tuple[int, int]) -> list[np.ndarray]:

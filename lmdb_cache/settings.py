@@ -1,0 +1,240 @@
+"""A writer's settings: the ones asked, the store's own for the others, and the manifest.
+
+An update keeps the store's ``max_side`` and ``resample`` unless others are given (which needs
+``rebuild``); the codec and level may change at any time (records are encoded again).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import PIL
+
+from . import __version__
+from .codecs import DEFAULT_LEVEL, RAW, ZSTD, check_codec
+from .commits import now
+from .errors import NotACacheError, SettingsMismatchError
+from .images import resample_filter
+from .isolated import ChildCrashed, call_isolated
+from .schema import (
+    CHECKSUM_ALGORITHM,
+    COMPRESSED_FORMAT_VERSION,
+    DB_MANIFEST,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    MAX_DBS,
+    check_manifest,
+    decode_manifest,
+    seal,
+    unpack,
+    unseal,
+)
+from .store import WriteStore, existing_entries, store_exists
+
+
+class _Keep:
+    """The default of ``max_side`` and ``resample``: the store's own setting."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+
+def check_arguments(max_side: Any, resample: Any, workers: int, codec: Any, level: Any) -> None:
+    if codec is not KEEP:
+        check_codec(codec, DEFAULT_LEVEL if level is KEEP else level)
+        if codec == RAW and level is not KEEP:
+            raise ValueError(f"a zstd level ({level}) does not apply to codec 'raw'; drop it")
+    elif level is not KEEP:
+        check_codec(ZSTD, level)
+    if resample is not KEEP:
+        resample_filter(resample)  # raises ValueError naming the choices
+    if max_side is not KEEP and max_side is not None:
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+            raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+
+
+def check_output(output: str) -> None:
+    """Refuse an output that is a file, or a folder that holds something but no cache."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise NotACacheError(
+            f"output '{output}' exists and is not a cache folder; choose another -o"
+        )
+    if out.is_dir() and existing_entries(output) and not store_exists(output):
+        raise NotACacheError(
+            f"output '{output}' is a folder that holds no cache (no data.mdb); "
+            "choose another -o or remove it"
+        )
+
+
+def open_existing(output: str) -> tuple[WriteStore | None, dict | None]:
+    """The store at ``output`` opened for writing, and its manifest; (None, None) if none.
+
+    Raises:
+        TruncatedStoreError, StoreDamagedError: the store is damaged.
+        NotACacheError, FormatVersionError: it is not a store this version updates.
+    """
+    if not store_exists(output):
+        return None, None
+    store = WriteStore(output)  # refuses a truncated or structurally damaged store
+    try:
+        raw = store.get(DB_MANIFEST, MANIFEST_KEY)
+        if raw is None and not store.is_empty():
+            raise NotACacheError(
+                f"output '{output}' is an LMDB store but not an image cache (it has no "
+                "manifest); choose another -o"
+            )
+        return store, None if raw is None else decode_manifest(raw, output)
+    except BaseException:
+        store.close()
+        raise
+
+
+def stored_settings(output: str) -> dict | None:
+    """The settings of the store at ``output``, or None if they cannot be read.
+
+    The store may be damaged in any way (that is why it is rebuilt), so LMDB reads its
+    manifest in a child process: a fault there costs only the child.
+    """
+    try:
+        raw = call_isolated(_read_manifest_bytes, output)
+    except (ChildCrashed, RuntimeError):
+        return None
+    if raw is None:
+        return None
+    try:
+        manifest = check_manifest(unseal(raw, MANIFEST_KEY))
+    except ValueError:
+        try:  # a manifest of format version 1 (no seal)
+            manifest = check_manifest(unpack(raw))
+        except ValueError:
+            return None
+    return dict(manifest["settings"])
+
+
+def _read_manifest_bytes(output: str) -> bytes | None:
+    # No size check: in this child a read past the end of a short file costs only the child,
+    # and the manifest's pages may well lie before the cut.
+    env = lmdb.open(output, readonly=True, lock=False, subdir=True, max_dbs=MAX_DBS)
+    with env.begin() as txn:
+        raw = txn.get(MANIFEST_KEY, db=env.open_db(DB_MANIFEST, txn=txn, create=False))
+        return None if raw is None else bytes(raw)
+
+
+def choose_settings(
+    asked: tuple[Any, Any, Any, Any],
+    stored: dict | None,
+    rebuild: bool,
+    replacing: bool,
+    output: str,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The settings of this build: those asked, the store's for those not asked."""
+    max_side, resample, codec, level = asked
+    if stored is None and replacing and max_side is KEEP:
+        raise SettingsMismatchError(
+            f"the settings of cache '{output}' cannot be read from the damaged store, so the "
+            "rebuild cannot keep them: give them, e.g. 'build-cache SRC -o "
+            f"{output} --rebuild --max-side 640' (or '--max-side none' for full size)"
+        )
+    if stored is None:
+        if replacing and resample is KEEP:
+            warnings.append(
+                f"the settings of cache '{output}' could not be read: resampling with "
+                "'bilinear' (pass --resample to choose)"
+            )
+        chosen = {
+            "max_side": None if max_side is KEEP else max_side,
+            "resample": "bilinear" if resample is KEEP else resample,
+        }
+    else:
+        chosen = {
+            "max_side": stored.get("max_side") if max_side is KEEP else max_side,
+            "resample": stored.get("resample") if resample is KEEP else resample,
+        }
+        for name in ("max_side", "resample"):
+            if not rebuild and chosen[name] != stored.get(name):
+                raise SettingsMismatchError(
+                    f"cache '{output}' was built with {name}={stored.get(name)!r}, this build "
+                    f"asks {name}={chosen[name]!r}; add --rebuild to rebuild it with the new "
+                    "settings, or leave the option out to keep the cache's"
+                )
+    stored_codec = (stored or {}).get("codec", RAW)
+    chosen["codec"] = stored_codec if codec is KEEP else codec
+    if level is not KEEP and codec is KEEP and stored_codec == RAW:
+        chosen["codec"] = ZSTD  # a level asks for compression
+    if chosen["codec"] == ZSTD:
+        kept = (stored or {}).get("level") if stored_codec == ZSTD else None
+        chosen["level"] = (kept or DEFAULT_LEVEL) if level is KEEP else level
+    else:
+        chosen["level"] = None
+    return {
+        **chosen,
+        "pillow_version": PIL.__version__,
+        "checksum": CHECKSUM_ALGORITHM,
+    }
+
+
+def start_manifest(
+    store: WriteStore,
+    settings: dict,
+    existing: dict | None,
+    source_root: str | None,
+    warnings: list[str],
+) -> dict:
+    """The manifest a writer maintains, written now with ``complete: false``.
+
+    ``source_root``: the folder a build reads (its real path is recorded), or None to keep
+    the store's (``""`` for a new store written from arrays and files named one by one).
+    """
+    if existing is not None:
+        old = existing["settings"]
+        if old.get("pillow_version") != settings["pillow_version"]:
+            warnings.append(
+                f"the cache holds images decoded with Pillow {old.get('pillow_version')}; new "
+                f"ones use Pillow {settings['pillow_version']} (use --rebuild for uniform pixels)"
+            )
+        if (
+            source_root is not None
+            and existing["source_root"]
+            and os.path.realpath(existing["source_root"]) != os.path.realpath(source_root)
+        ):
+            warnings.append(
+                f"the cache was built from '{existing['source_root']}', now updated from "
+                f"'{os.path.realpath(source_root)}'"
+            )
+        manifest = dict(existing)
+        manifest["settings"] = {
+            **old,
+            "pillow_version": settings["pillow_version"],
+            "codec": settings["codec"],
+            "level": settings["level"],
+        }
+    else:
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "settings": settings,
+            "created": now(),
+            "writer": f"{FORMAT_NAME} {__version__}",
+            "images": 0,
+            "failed": 0,
+            "total_bytes": 0,
+            "source_root": "",
+        }
+    if settings["codec"] != RAW:
+        manifest["format_version"] = COMPRESSED_FORMAT_VERSION
+    if source_root is not None:
+        manifest["source_root"] = os.path.realpath(source_root)
+    manifest.update(complete=False, updated=now())
+    store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
+    return manifest

@@ -1,0 +1,197 @@
+"""A reader's snapshot: one LMDB read transaction, the store's databases and its manifest."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from . import environment
+from .codecs import decode_into
+from .errors import (
+    CorruptRecordError,
+    MissingImageError,
+    NotACacheError,
+    StoreDamagedError,
+    damaged,
+)
+from .schema import (
+    DB_FAILURES,
+    DB_MANIFEST,
+    DB_META,
+    DB_PIXELS,
+    MANIFEST_KEY,
+    check_failure,
+    check_meta,
+    decode_key,
+    decode_manifest,
+    display_key,
+    encode_key,
+    foreign_flags,
+    unseal,
+)
+
+
+@dataclass
+class Snapshot:
+    """What one read transaction sees; cached per snapshot: the key list and metadata read."""
+
+    txn: lmdb.Transaction
+    dbs: dict[bytes, Any]
+    manifest: dict[str, Any]
+    tracker: environment.ViewTracker
+    started: float
+    keys: list[str] | None = None
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str = ""
+
+    def load_meta(self, key: str, keep: bool = True) -> dict[str, Any]:
+        """One record's checked metadata, kept for the snapshot's life unless ``keep`` is False.
+
+        Raises:
+            MissingImageError: no such key.
+            CorruptRecordError: LMDB cannot read it, or it fails its seal or the schema.
+        """
+        try:
+            ekey = encode_key(key)
+        except ValueError:
+            raise MissingImageError(key, self.path) from None
+        try:
+            raw = self.txn.get(ekey, db=self.dbs[DB_META])
+        except lmdb.Error as e:
+            raise CorruptRecordError(key, f"LMDB cannot read its metadata ({e})", self.path) from e
+        if raw is None:
+            raise MissingImageError(key, self.path)
+        if not key.isascii():
+            try:
+                ekey.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptRecordError(
+                    display_key(key),
+                    "its stored key is not valid UTF-8 (build-cache never stores one: the store "
+                    "is damaged or was written by something else)",
+                    self.path,
+                ) from None
+        try:
+            meta = check_meta(unseal(raw, ekey))
+        except ValueError as e:
+            raise CorruptRecordError(key, f"metadata: {e}", self.path) from e
+        if keep:
+            self.metas[key] = meta
+        return meta
+
+    def stored(self, key: str) -> Any:
+        """The stored pixels value of ``key`` (a buffer of the snapshot)."""
+        try:
+            buf = self.txn.get(encode_key(key), db=self.dbs[DB_PIXELS])
+        except lmdb.Error as e:
+            raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
+        if buf is None:
+            raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
+        return buf
+
+    def failures(self) -> list[tuple[str, str]]:
+        """``(key, reason)`` of every failures entry, sorted.
+
+        Raises:
+            StoreDamagedError: an entry fails its seal or the schema, or LMDB cannot walk them.
+        """
+        out = []
+        try:
+            for raw_key, value in self.txn.cursor(db=self.dbs[DB_FAILURES]):
+                try:
+                    entry = check_failure(unseal(value, bytes(raw_key)))
+                except ValueError as e:
+                    raise StoreDamagedError(
+                        f"cache '{self.path}' has a damaged failures entry "
+                        f"{decode_key(raw_key)!r} ({e}); re-run 'build-cache SRC -o "
+                        f"{self.path}' to record it again"
+                    ) from e
+                out.append((entry["key"], entry["reason"]))
+        except lmdb.Error as e:
+            raise damaged(self.path, "to list the failed sources", e) from e
+        return sorted(out)
+
+
+def verify_structure(path: str, shared: environment.SharedEnv) -> None:
+    """Run LMDB's structural check once per environment of this process.
+
+    Raises:
+        StoreDamagedError: naming the first problems and the rebuild command.
+    """
+    if shared.verified:
+        return
+    problems = environment.checked_structure(path)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StoreDamagedError(
+            f"cache '{path}' fails LMDB's structural check: "
+            + "; ".join(problems[:3])
+            + f"{more}; rebuild it with 'build-cache SRC -o {path} --rebuild'"
+        )
+    shared.verified = True
+
+
+def open_snapshot(path: str, shared: environment.SharedEnv, txn: lmdb.Transaction) -> Snapshot:
+    """The store's databases and checked manifest as seen by the read transaction ``txn``.
+
+    Raises:
+        NotACacheError: an LMDB store that is not an image cache.
+        StoreDamagedError: LMDB cannot open the databases, or the manifest is damaged.
+        FormatVersionError: a format this version does not read.
+    """
+    try:
+        dbs = {
+            name: shared.env.open_db(name, txn=txn, create=False)
+            for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
+        }
+        odd = {name: foreign_flags(dict(db.flags())) for name, db in dbs.items()}
+        raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
+    except lmdb.NotFoundError:
+        raise NotACacheError(
+            f"'{path}' is an LMDB store without the image cache's databases; "
+            f"build one with 'build-cache SRC -o {path}'"
+        ) from None
+    except lmdb.IncompatibleError:
+        raise NotACacheError(
+            f"'{path}' is an LMDB store whose databases were made with other flags "
+            f"than an image cache's; build one with 'build-cache SRC -o {path}'"
+        ) from None
+    except lmdb.Error as e:
+        raise damaged(path, "to open its databases", e) from e
+    if any(odd.values()):
+        raise NotACacheError(
+            f"'{path}' is an LMDB store whose databases were made with other flags "
+            f"than an image cache's ({odd}); build one with 'build-cache SRC -o {path}'"
+        )
+    if raw is None:
+        raise NotACacheError(
+            f"cache '{path}' has no manifest; rebuild it with 'build-cache SRC -o {path} --rebuild'"
+        )
+    manifest = decode_manifest(raw, path)
+    return Snapshot(
+        txn, dbs, manifest, environment.ViewTracker(shared), time.monotonic(), path=path
+    )
+
+
+def decompress_checked(
+    path: str, key: str, meta: dict[str, Any], verify: bool, buf: Any, out: np.ndarray
+) -> None:
+    """A compressed record's pixels into ``out``, every length checked first."""
+    if len(buf) != meta["stored_nbytes"]:
+        raise CorruptRecordError(
+            key,
+            f"stored value is {len(buf)} bytes, metadata says {meta['stored_nbytes']}",
+            path,
+        )
+    if verify and zlib.crc32(buf) != meta["stored_checksum"]:
+        raise CorruptRecordError(key, "stored-bytes checksum mismatch", path)
+    problem = decode_into(buf, meta, out)
+    if problem is not None:
+        raise CorruptRecordError(key, problem, path)
+    if verify and zlib.crc32(np.ascontiguousarray(out).data) != meta["checksum"]:
+        raise CorruptRecordError(key, "pixel checksum mismatch", path)

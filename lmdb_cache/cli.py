@@ -1,4 +1,5 @@
-"""Command line: ``build-cache``, ``validate-cache``, ``cache-info`` and the ``lmdb-cache`` group.
+"""Command line: ``build-cache``, ``validate-cache``, ``cache-info`` and the ``lmdb-cache`` group
+(which adds ``copy``, ``ls`` and ``show``).
 
 The only module that prints or exits. Exit status: 0 success, 1 failure or problems found,
 2 usage error (bad arguments, or settings that contradict an existing cache).
@@ -6,14 +7,14 @@ The only module that prints or exits. Exit status: 0 success, 1 failure or probl
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from .build import build_cache, default_output
+from .cli_inspect import ls_command, show_command
+from .cli_util import _CTX, _Bar, _ByteBar, _emit_json, _fail_usage, _size
 from .codecs import CODECS, DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from .copy import copy_cache
 from .errors import (
@@ -24,76 +25,12 @@ from .errors import (
     NotACacheError,
     SettingsMismatchError,
 )
+from .estimate import estimate_store, size_warning
 from .images import IMAGE_SUFFIXES, RESAMPLE_FILTERS, scan_images
 from .reader import open_cache
 from .settings import KEEP
 from .store import store_exists
 from .validate import validate_cache
-
-_CTX = {"help_option_names": ["-h", "--help"]}
-
-
-class _Bar:
-    """Adapts a tqdm bar on stderr to the builder's progress protocol."""
-
-    def __init__(self, enabled: bool, desc: str) -> None:
-        self.enabled = enabled
-        self.desc = desc
-        self.bar: tqdm | None = None
-
-    def start(self, total: int) -> None:
-        if self.enabled:
-            self.bar = tqdm(
-                total=total, desc=self.desc, unit="img", file=sys.stderr, dynamic_ncols=True
-            )
-
-    def advance(self, key: str) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _ByteBar:
-    """A tqdm bar on stderr for ``(bytes done, bytes total)`` progress callbacks."""
-
-    def __init__(self, enabled: bool, desc: str) -> None:
-        self.enabled = enabled
-        self.desc = desc
-        self.bar: tqdm | None = None
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            self.bar = tqdm(
-                total=total, desc=self.desc, unit="B", unit_scale=True, file=sys.stderr,
-                dynamic_ncols=True,
-            )  # fmt: skip
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1000
-    return f"{nbytes:.1f} TB"
-
-
-def _emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
-
-
-def _fail_usage(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
 
 
 class _MaxSide(click.ParamType):
@@ -201,21 +138,27 @@ def build_command(
     full (a re-run resumes), 2 usage error (bad arguments, other settings than the cache's
     without --rebuild, another build running).
 
+    Before decoding a new full-size cache, the image headers are read to estimate its size: a
+    cache far larger than its sources (over 8x and 256 MiB) gets a warning with the size at
+    --max-side 640.
+
     \b
     Examples:
-      build-cache data/train --max-side 1024     # capped at the training size
-      build-cache data/val                       # writes data/val.lmdb, full size
+      build-cache data/val --max-side 640        # the ocr configs' transform size: a far
+                                                 # smaller cache, and reads nearly free
+      build-cache data/val                       # full size: writes data/val.lmdb
       build-cache data/val -o /fast/val.lmdb --json
       build-cache data/val --rebuild             # replace a damaged cache, same settings
       build-cache data/train --codec zstd        # compress an existing cache in place
     """
     target = output if output is not None else default_output(src)
+    exists = store_exists(target)
     try:
-        empty = not store_exists(target) and not scan_images(src, exclude=target)
+        keys = scan_images(src, exclude=target) if rebuild or not exists else None
     except NotADirectoryError as e:
         _fail_usage(str(e))
         return
-    if empty:
+    if not exists and not keys:
         message = (
             f"no images below '{src}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))} in any "
             "case); nothing was written"
@@ -224,6 +167,11 @@ def build_command(
             _emit_json({"output": target, "ok": False, "images": 0, "error": message})
         click.echo(f"Error: {message}", err=True)
         sys.exit(1)
+    # A new full-size store (or a rebuild asked to be full size): say first what it will cost.
+    full_size = max_side is None or (max_side == "keep" and not exists)
+    size_note = size_warning(estimate_store(src, keys)) if keys and full_size else None
+    if size_note is not None and not as_json:
+        click.echo(f"warning: {size_note}", err=True)
     bar = _Bar(enabled=not (quiet or as_json), desc="decoding")
     try:
         result = build_cache(
@@ -257,7 +205,10 @@ def build_command(
         return
     bar.close()
     if as_json:
-        _emit_json(result.as_dict())
+        doc = result.as_dict()
+        if size_note is not None:
+            doc["warnings"] = [size_note, *doc["warnings"]]
+        _emit_json(doc)
     elif not quiet:
         rate = result.decoded / result.seconds if result.seconds else 0.0
         cap = result.settings.get("max_side")
@@ -508,15 +459,18 @@ def copy_command(
 def cli() -> None:
     """A persistent, memory-mapped cache of decoded images in LMDB.
 
-    Build it once with 'build', check it with 'validate', inspect it with 'info', ship it to
-    another machine's local disk with 'copy'. The first three also exist as build-cache,
+    Build it once with 'build', check it with 'validate', inspect it with 'info', list its
+    records with 'ls', look at one image (and its polygons) with 'show', ship it to another
+    machine's local disk with 'copy'. The first three also exist as build-cache,
     validate-cache and cache-info.
 
     \b
     Examples:
-      lmdb-cache build data/val --max-side 1024
+      lmdb-cache build data/val --max-side 640
       lmdb-cache validate data/val.lmdb --source data/val
       lmdb-cache info data/val.lmdb --json
+      lmdb-cache ls data/val.lmdb
+      lmdb-cache show data/val.lmdb receipt_001.jpg -o receipt.png --annotations data/val.json
       lmdb-cache copy data/val.lmdb /local/ssd/val.lmdb
     """
 
@@ -525,6 +479,8 @@ cli.add_command(build_command)
 cli.add_command(validate_command)
 cli.add_command(info_command)
 cli.add_command(copy_command)
+cli.add_command(ls_command)
+cli.add_command(show_command)
 
 
 def main() -> None:

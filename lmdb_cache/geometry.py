@@ -135,3 +135,42 @@ def raw_to_pixels(meta: Mapping[str, Any]) -> np.ndarray:
 def raw_points_to_pixels(meta: Mapping[str, Any], points: Any) -> np.ndarray:
     """Raw-file ``(N, 2)`` points (a polygon of an annotation) in a record's stored pixels."""
     return transform_points(raw_to_pixels(meta), points)
+
+
+def points_in_upright_frame(
+    points: Any, orientation: int, raw_width: int, raw_height: int, slack: float = 1.0
+) -> bool:
+    """Whether an image's annotation points were given in the upright frame, not the raw one.
+
+    Annotation formats put polygons in the raw frame, but some datasets give them on the
+    already rotated image. That is only decidable for the orientations that swap the sides
+    (5-8) of a non-square image: points that fit the upright (swapped) size but not the raw
+    size were drawn on the rotated image. Anything else is taken to be in the raw frame.
+
+    Args:
+        points: Every point of the image's polygons as one ``(N, 2)`` array-like (x, y).
+        orientation: The record's EXIF orientation, 1..8.
+        raw_width: Width of the file before orientation.
+        raw_height: Height of the file before orientation.
+        slack: How far (in pixels) a point may lie outside a frame and still fit it.
+
+    Returns:
+        True when the points are in the upright frame: map them with
+        :func:`upright_to_pixels` instead of :func:`raw_to_pixels`.
+    """
+    if orientation not in SWAPS_SIDES or raw_width == raw_height:
+        return False
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if not len(pts):
+        return False
+    low, high = pts.min(axis=0), pts.max(axis=0)
+
+    def fits(width: float, height: float) -> bool:
+        return bool(
+            low[0] >= -slack
+            and low[1] >= -slack
+            and high[0] <= width + slack
+            and high[1] <= height + slack
+        )
+
+    return fits(raw_height, raw_width) and not fits(raw_width, raw_height)

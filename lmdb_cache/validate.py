@@ -19,7 +19,6 @@ Checks, in order:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import zlib
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import lmdb
 
 from . import environment
+from .annotations import annotated_keys
 from .codecs import RAW, codec_of, stored_length, stored_pixels
 from .environment import check_data_file
 from .errors import (
@@ -150,7 +150,7 @@ def validate_cache(
     """
     path = os.fspath(path)
     report = ValidationReport(path=path)
-    annotated = _annotated_keys(annotations) if annotations is not None else None
+    annotated = annotated_keys(annotations) if annotations is not None else None
     report.annotations = os.fspath(annotations) if annotations is not None else None
     if source is not None and not Path(source).is_dir():
         raise ValueError(
@@ -480,20 +480,3 @@ def _check_source(
             continue  # already a warning
         message = f"{key}: in the source but not in the cache; {fixes.update}"
         report.problem("stale-new", key, message)
-
-
-def _annotated_keys(annotations: str | os.PathLike[str]) -> list[str]:
-    try:
-        with open(annotations, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise ValueError(f"cannot read annotation file '{annotations}': {e.strerror}") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"annotation file '{annotations}' is not valid JSON: {e}") from e
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, dict):
-        raise ValueError(
-            f"annotation file '{annotations}' has no 'images' object; expected "
-            '{"images": {"<filename>": {"words": {...}}}}'
-        )
-    return sorted(images)

@@ -2,7 +2,7 @@
 
 The only module of ``ocr`` that prints or exits. Exit status: 0 success, 1 failure (bad data,
 a damaged checkpoint or cache, a loss that diverged), 2 usage error (bad option, config or
-override).
+override; a checkpoint path that names no file, or a file that is not a checkpoint).
 """
 
 from __future__ import annotations
@@ -12,15 +12,21 @@ import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from lmdb_cache import CacheError
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, apply_overrides, load_config
+from .checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    NotACheckpointError,
+    load_checkpoint,
+)
+from .config import ConfigError, Override, load_config, parse_override, resolve_config
 from .data.annotations import AnnotationError
 from .distributed import dist_info_from_env
-from .engine import detections_to_json
 from .pipeline import evaluate_checkpoint, metrics_text, train
+from .predictions import predictions_to_annotations
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 DEFAULT_CONFIG = "configs/dbnet.yaml"
@@ -36,7 +42,7 @@ def _run(action: Any) -> Any:
     """Turn the library's errors into a message and an exit status."""
     try:
         return action()
-    except ConfigError as e:
+    except (ConfigError, CheckpointNotFoundError, NotACheckpointError) as e:
         _fail(str(e), 2)
     except (CheckpointError, CacheError, AnnotationError, FloatingPointError) as e:
         _fail(str(e), 1)
@@ -45,9 +51,31 @@ def _run(action: Any) -> Any:
     return None
 
 
-def _with_overrides(config: dict[str, Any], overrides: tuple[str, ...], **shortcuts: Any) -> dict:
-    items = list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
-    return apply_overrides(config, items)
+def _items(overrides: tuple[str, ...], **shortcuts: Any) -> list[Override]:
+    """The KEY=VALUE arguments, then the options that stand for keys (taken as given)."""
+    items: list[Override] = list(overrides)
+    return items + [(key, value) for key, value in shortcuts.items() if value is not None]
+
+
+def _saved_config(
+    checkpoint: str, state: dict[str, Any], overrides: list[Override], hint: str = ""
+) -> dict[str, Any]:
+    """The config saved in a checkpoint, with ``overrides`` on top, checked."""
+    config = state.get("config")
+    if not isinstance(config, dict):
+        raise ConfigError(f"checkpoint '{checkpoint}' holds no config{hint}")
+    return resolve_config(config, overrides, source=f"the config in '{checkpoint}'")
+
+
+def _resume_target(resume: str | None, items: list[Override]) -> tuple[str | None, list[Override]]:
+    """``--resume``, or a ``trainer.resume=CKPT`` override standing for it (taken out)."""
+    if resume is not None:
+        return resume, items
+    for item in items:
+        key, value = parse_override(item)
+        if key == "trainer.resume" and isinstance(value, str) and value:
+            return value, [i for i in items if i is not item]
+    return None, items
 
 
 @click.command("ocr-train", context_settings=_CTX)
@@ -58,10 +86,18 @@ def _with_overrides(config: dict[str, Any], overrides: tuple[str, ...], **shortc
     default=DEFAULT_CONFIG,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="YAML config; its _base_ chain is merged first.",
+    help="YAML config; its _base_ chain is merged first. Not with --resume (which uses the "
+    "config saved in the checkpoint).",
 )
 @click.option("-o", "--output", default=None, help="Run folder (trainer.output_dir).")
-@click.option("--resume", default=None, help="Continue from a checkpoint (trainer.resume).")
+@click.option(
+    "--resume",
+    default=None,
+    metavar="CKPT",
+    help="Continue the run of a checkpoint (runs/<name>/last.pt) with the config saved in it: "
+    "same data sources, epochs, output folder, optimizer, LR schedule and random states. "
+    "KEY=VALUE overrides, -o and --epochs apply on top and are logged; -c is refused.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="trainer.epochs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
@@ -88,12 +124,33 @@ def train_command(
     gets config.yaml (resolved), log.jsonl, last.pt, best.pt and summary.json. Under
     'torchrun --nproc_per_node N' the run is data parallel (DDP); every rank reads the same
     .lmdb.
+
+    An interrupted run goes on from its checkpoint alone, ending with the weights and metrics
+    an uninterrupted run would have; overrides change the saved config, one logged line each:
+
+    \b
+      ocr-train --resume runs/dbnet/last.pt
+      ocr-train --resume runs/dbnet/last.pt --epochs 20
+
+    Every config key is checked once the overrides are applied: a wrong type, a value out of
+    range or an unknown key (with the closest known one) exits with status 2.
     """
+    ctx = click.get_current_context()
+    config_given = ctx.get_parameter_source("config") is not ParameterSource.DEFAULT
 
     def action() -> dict[str, Any]:
-        cfg = load_config(config, overrides)
-        shortcuts = {"trainer.output_dir": output, "trainer.resume": resume}
-        cfg = _with_overrides(cfg, (), **shortcuts, **{"trainer.epochs": epochs})
+        shortcuts = {"trainer.output_dir": output, "trainer.epochs": epochs}
+        ckpt, items = _resume_target(resume, _items(overrides, **shortcuts))
+        if ckpt is None:
+            cfg = load_config(config, items)
+        elif config_given:
+            raise ConfigError(
+                f"--resume continues the run with the config saved in '{ckpt}'; drop "
+                f"-c/--config {config} and give changes as KEY=VALUE overrides (each is logged)"
+            )
+        else:
+            state = load_checkpoint(ckpt)
+            cfg = _saved_config(ckpt, state, [*items, ("trainer.resume", ckpt)])
         echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
         return train(cfg, progress=not (quiet or as_json), echo=echo)
 
@@ -138,7 +195,16 @@ def train_command(
     "--predictions",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Also write the detected polygons (upright frame) per image to this JSON file.",
+    help="Also write the detections to this JSON file, in the annotation format (raw file "
+    "frame, each word with its score): it loads back as an annotation file.",
+)
+@click.option(
+    "--draw",
+    "draw_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write one PNG per image into this folder: the image as the dataset serves it, "
+    "ground truth in green (don't-care dashed), detections in red.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -148,6 +214,7 @@ def eval_command(
     config: str | None,
     split: str,
     predictions: str | None,
+    draw_dir: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -159,19 +226,16 @@ def eval_command(
     \b
       ocr-eval -k runs/dbnet/best.pt
       ocr-eval -k runs/dbnet/best.pt datasets.val_dataset.image_cache=data/val.lmdb
+      ocr-eval -k runs/dbnet/best.pt --draw runs/dbnet/drawn --predictions pred.json
 
     Polygons are compared in the upright frame (the upright, full-size image).
     """
 
     def action() -> Any:
+        cfg = None if config is None else load_config(config, overrides)  # usage errors first
         state = load_checkpoint(checkpoint)  # read once: config and weights
-        if config is None:
-            cfg = state.get("config")
-            if not isinstance(cfg, dict):
-                raise ConfigError(f"checkpoint '{checkpoint}' has no config; pass --config")
-            cfg = apply_overrides(cfg, overrides, source=f"the config in '{checkpoint}'")
-        else:
-            cfg = load_config(config, overrides)
+        if cfg is None:
+            cfg = _saved_config(checkpoint, state, list(overrides), "; pass --config")
         return evaluate_checkpoint(
             cfg,
             checkpoint,
@@ -179,14 +243,17 @@ def eval_command(
             not (quiet or as_json),
             predictions is not None,
             state=state,
+            draw_dir=draw_dir,
         )
 
     result = _run(action)
     if not dist_info_from_env().is_main:
         return
     if predictions is not None and result.predictions is not None:
+        assert result.truths is not None
+        doc = predictions_to_annotations(result.predictions, result.truths)
         with open(predictions, "w", encoding="utf-8") as f:
-            json.dump(detections_to_json(result.predictions), f, indent=1)
+            json.dump(doc, f, indent=1)
     stats = result.stats
     if as_json:
         doc = {"split": split, "checkpoint": checkpoint, **result.metrics}

@@ -63,11 +63,30 @@ class PhaseStats:
 
 @dataclass
 class EvalResult:
-    """Metrics of one evaluation, its timing, and optionally the detections per image."""
+    """Metrics of one evaluation, its timing, and optionally the detections per image (upright
+    frame) with what writing and drawing them needs (``truths``)."""
 
     metrics: dict[str, Any]
     stats: PhaseStats
     predictions: dict[str, list[Detection]] | None = None
+    truths: dict[str, ImageTruth] | None = None
+
+
+@dataclass
+class ImageTruth:
+    """One image's frame and ground truth, kept beside its detections.
+
+    Attributes:
+        orientation: EXIF orientation of the source file, 1..8.
+        raw_size: ``(width, height)`` of the source file before orientation.
+        gt_polygons: The annotation's polygons in the upright frame.
+        gt_ignore: Don't-care flag of each.
+    """
+
+    orientation: int
+    raw_size: tuple[int, int]
+    gt_polygons: list[np.ndarray]
+    gt_ignore: list[bool]
 
 
 def resolve_device(name: str | None, info: DistInfo) -> torch.device:
@@ -203,6 +222,7 @@ def evaluate(
     stats = PhaseStats()
     counts: dict[str, ImageCounts] = {}
     predictions: dict[str, list[Detection]] = {}
+    truths: dict[str, ImageTruth] = {}
     scorer = DetectionMetric(iou_threshold=iou_threshold)
     with _bar(len(loader), desc, progress) as bar:
         for batch in _timed(loader, stats):
@@ -211,14 +231,14 @@ def evaluate(
                 prob = model(images)["prob"]
             prob_np = prob.float().cpu().numpy()
             detections = post.batch(prob_np, batch.inverse_matrix, batch.upright_size)
-            for name, dets, gts, ignore in zip(
-                batch.filename, detections, batch.gt_polygons, batch.gt_ignore, strict=True
-            ):
-                counts[name] = scorer.update(
-                    [d.polygon for d in dets], gts.to_list(), ignore.tolist()
-                )
+            for i, (name, dets) in enumerate(zip(batch.filename, detections, strict=True)):
+                gts, ignore = batch.gt_polygons[i].to_list(), batch.gt_ignore[i].tolist()
+                counts[name] = scorer.update([d.polygon for d in dets], gts, ignore)
                 if keep_predictions:
                     predictions[name] = dets
+                    raw_w, raw_h = batch.raw_size[i]
+                    raw_size = (int(raw_w), int(raw_h))
+                    truths[name] = ImageTruth(batch.orientation[i], raw_size, gts, ignore)
             stats.images += images.shape[0]
             bar.update(1)
     model.train(was_training)
@@ -230,10 +250,13 @@ def evaluate(
         metric.add(merged[name])
     stats.images = len(merged)
     stats.wall_s, stats.data_wait_s = max_across_ranks([stats.wall_s, stats.data_wait_s], info)
-    if keep_predictions:
-        for part in gather_objects(predictions, info):
-            predictions.update(part)
-    return EvalResult(metric.compute(), stats, predictions if keep_predictions else None)
+    if not keep_predictions:
+        return EvalResult(metric.compute(), stats)
+    for part in gather_objects(predictions, info):
+        predictions.update(part)
+    for truth_part in gather_objects(truths, info):
+        truths.update(truth_part)
+    return EvalResult(metric.compute(), stats, predictions, truths)
 
 
 def poly_schedule(total_steps: int, power: float, warmup_steps: int) -> Callable[[int], float]:
@@ -245,14 +268,3 @@ def poly_schedule(total_steps: int, power: float, warmup_steps: int) -> Callable
         return max(1.0 - step / max(total_steps, 1), 0.0) ** power
 
     return factor
-
-
-def detections_to_json(predictions: dict[str, list[Detection]]) -> dict[str, Any]:
-    """Per image: a list of ``{"points": [[x, y], ...], "score": s}`` in the upright frame."""
-    return {
-        name: [
-            {"points": np.round(d.polygon, 2).tolist(), "score": round(float(d.score), 4)}
-            for d in dets
-        ]
-        for name, dets in sorted(predictions.items())
-    }

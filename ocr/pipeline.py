@@ -7,119 +7,66 @@ A training run writes into ``trainer.output_dir``:
 * ``last.pt`` every epoch and ``best.pt`` at the best validation H-mean: resumable
   checkpoints (``trainer.resume=runs/x/last.pt``);
 * ``summary.json``: totals of the run (time split, images/s, final metrics).
+
+A checkpoint holds what the next epoch needs to go on as if the run had not stopped: weights,
+optimizer, LR schedule, epoch, history, the random states of every rank (torch, numpy,
+Python, the DataLoaders' generators) and the config. The data order and augmentation need no
+state: they follow from ``trainer.seed`` and the epoch. A resumed run logs each setting in
+which its config differs from the checkpoint's.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .config import ConfigError
+from .builders import (
+    build_eval_loader,
+    build_normalizer,
+    build_optimizer,
+    build_postprocess,
+    build_scheduler,
+    dataset_cfg,
+    section,
+    setup_run,
+)
+from .checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import check_config, config_changes
+from .config_schema import SPLITS as SPLITS  # the datasets a config may hold
 from .data.dataset import OCRDataset
 from .data.loader import build_dataset, build_loader
 from .data.normalize import DeviceNormalizer
 from .distributed import (
     DistInfo,
-    ShardSampler,
     destroy_process_group,
-    dist_info_from_env,
-    init_process_group,
+    gather_objects,
 )
 from .engine import (
     EvalResult,
     PhaseStats,
     evaluate,
-    poly_schedule,
-    resolve_device,
     train_one_epoch,
 )
 from .losses import DBLoss
 from .models import build_model
 from .postprocess import DBPostProcess
-
-SPLITS = ("train_dataset", "val_dataset", "test_dataset")
-
-
-def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
-    value = config.get(name)
-    if not isinstance(value, dict):
-        raise ConfigError(f"the config has no '{name}' section (a mapping); see configs/dbnet.yaml")
-    return value
-
-
-def _dataset_cfg(config: dict[str, Any], split: str) -> dict[str, Any]:
-    datasets = _section(config, "datasets")
-    if split not in datasets:
-        raise ConfigError(f"the config has no datasets.{split}; it has {sorted(datasets)}")
-    return datasets[split]
-
-
-def _eval_loader(
-    config: dict[str, Any], split: str, info: DistInfo
-) -> tuple[OCRDataset, DataLoader]:
-    dataset = build_dataset(_dataset_cfg(config, split))
-    sampler = ShardSampler(len(dataset), info.rank, info.world_size)
-    loader_cfg = _section(config, "dataloader")
-    return dataset, build_loader(dataset, loader_cfg, shuffle=False, sampler=sampler)
-
-
-def _normalizer(config: dict[str, Any], device: torch.device) -> DeviceNormalizer:
-    norm = config.get("normalization") or {}
-    kwargs = {k: norm[k] for k in ("mean", "std") if k in norm}
-    return DeviceNormalizer(device, **kwargs)
-
-
-def _postprocess(config: dict[str, Any]) -> DBPostProcess:
-    cfg = dict(config.get("postprocess") or {})
-    # The inverse unclip undoes the targets' shrink, so it takes their ratio unless told.
-    cfg.setdefault("shrink_ratio", (config.get("targets") or {}).get("shrink_ratio", 0.4))
-    return DBPostProcess(**cfg)
-
-
-def _optimizer(config: dict[str, Any], params: Any) -> torch.optim.Optimizer:
-    cfg = dict(_section(config, "optimizer"))
-    name = cfg.pop("name", "adam")
-    lr = float(cfg.get("lr", 1e-3))
-    decay = float(cfg.get("weight_decay", 0.0))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
-    if name == "sgd":
-        momentum = float(cfg.get("momentum", 0.9))
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
-    raise ConfigError(f"optimizer.name {name!r} is not known; use adam or sgd")
-
-
-def _scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    cfg = config.get("scheduler") or {"name": "constant"}
-    name = cfg.get("name", "constant")
-    if name == "constant":
-        return None
-    if name == "poly":
-        factor = poly_schedule(
-            total_steps, float(cfg.get("power", 0.9)), int(cfg.get("warmup_steps", 0))
-        )
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    raise ConfigError(f"scheduler.name {name!r} is not known; use poly or constant")
-
-
-def _setup(config: dict[str, Any]) -> tuple[DistInfo, torch.device, dict[str, Any]]:
-    trainer = _section(config, "trainer")
-    threads = trainer.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    info = dist_info_from_env()
-    device = resolve_device(trainer.get("device"), info)
-    init_process_group(info, device)
-    return info, device, trainer
+from .predictions import draw_predictions
 
 
 def _phase_text(stats: PhaseStats) -> str:
@@ -143,10 +90,17 @@ def train(
     """Train DBNet as ``config`` says; returns the run summary (also in ``summary.json``).
 
     Under ``torchrun`` every rank trains on its part of each epoch (DistributedDataParallel);
-    only rank 0 writes files and prints.
+    only rank 0 writes files and prints. With ``trainer.resume`` the run goes on from that
+    checkpoint (see the module docstring); ``config`` should be the one saved in it, with
+    any changes on top (each is logged).
+
+    Raises:
+        ConfigError: a value the schema does not allow, or a missing section.
+        CheckpointError: ``trainer.resume`` names no checkpoint, or one that does not fit.
     """
     started = time.perf_counter()
-    info, device, trainer = _setup(config)
+    config = check_config(config)
+    info, device, trainer = setup_run(config)
     try:
         summary = _train(config, info, device, trainer, progress and info.is_main, echo, started)
     except BaseException:
@@ -239,8 +193,12 @@ def _prepare(
 ) -> tuple[_Run, _RunState]:
     """Seed, build the loaders, model, optimizer and schedule, restore ``trainer.resume``,
     wrap the model for DDP under torchrun, and (rank 0) start the output folder."""
+    resume = trainer.get("resume")
+    saved = load_checkpoint(resume) if resume else None  # a wrong path fails before any work
     seed = int(trainer.get("seed", 0))
     torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
     epochs = int(trainer.get("epochs", 1))
     amp = bool(trainer.get("amp", False))
     out_dir = Path(trainer.get("output_dir") or "runs/dbnet")
@@ -261,65 +219,96 @@ def _prepare(
         data=data,
         learner=learner,
         net=learner.model,
-        normalizer=_normalizer(config, device),
-        post=_postprocess(config),
+        normalizer=build_normalizer(config, device),
+        post=build_postprocess(config),
         iou=float((config.get("metric") or {}).get("iou_threshold", 0.5)),
     )
-    state = _restore(trainer.get("resume"), learner, say)
+    state = _restore(run, resume, saved) if saved is not None and resume else _RunState()
     if info.enabled:
         run.net = torch.nn.parallel.DistributedDataParallel(
             learner.model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if info.is_main:
-        _start_run_folder(run)
+        _start_run_folder(run, state)
     return run, state
 
 
 def _training_data(config: dict[str, Any], info: DistInfo, seed: int) -> _TrainData:
     """The train set with its targets and a shuffling ``DistributedSampler`` (each rank its
     part of every epoch), and the validation set sharded over the ranks."""
-    train_set = build_dataset(_dataset_cfg(config, "train_dataset"), config.get("targets"), seed)
+    targets = config.get("targets") or {}  # training needs targets; {}: their defaults
+    train_set = build_dataset(
+        dataset_cfg(config, "train_dataset"), targets, seed, name="train_dataset"
+    )
     sampler: DistributedSampler = DistributedSampler(
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
     )
-    loader_cfg = _section(config, "dataloader")
+    loader_cfg = section(config, "dataloader")
     train_loader = build_loader(train_set, loader_cfg, sampler=sampler)
-    val_set, val_loader = _eval_loader(config, "val_dataset", info)
+    val_set, val_loader = build_eval_loader(config, "val_dataset", info)
     return _TrainData(train_set, sampler, train_loader, val_set, val_loader)
 
 
 def _learner(config: dict[str, Any], device: torch.device, total_steps: int) -> _Learner:
     """The model on ``device``, the loss, the optimizer and the schedule over ``total_steps``."""
-    model = build_model(_section(config, "model")).to(device)
+    model = build_model(section(config, "model")).to(device)
     loss_fn = DBLoss(**(config.get("loss") or {}))
-    optimizer = _optimizer(config, model.parameters())
-    scheduler = _scheduler(config, optimizer, total_steps)
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_scheduler(config, optimizer, total_steps)
     return _Learner(model, loss_fn, optimizer, scheduler)
 
 
-def _restore(resume: str | None, learner: _Learner, say: Callable[[str], None]) -> _RunState:
-    """Load the checkpoint ``resume`` (``trainer.resume``) into ``learner`` and return the
-    progress it saved; a fresh state without one."""
-    if not resume:
-        return _RunState()
-    state = load_checkpoint(resume)
+def _restore(run: _Run, resume: str, state: dict[str, Any]) -> _RunState:
+    """Load the checkpoint ``state`` (read from ``resume``) into the run: weights, optimizer,
+    schedule and random states; log how the run's config differs from the checkpoint's, and
+    return the progress it saved."""
+    learner = run.learner
     load_model_state(learner.model, state, resume)
     learner.optimizer.load_state_dict(state["optimizer"])
     if learner.scheduler is not None and state.get("scheduler"):
         learner.scheduler.load_state_dict(state["scheduler"])
+    saved_config = state.get("config")
+    if isinstance(saved_config, dict):
+        for key, old, new in config_changes(saved_config, run.config):
+            if key != "trainer.resume":
+                run.say(f"override {key}: {old!r} -> {new!r}")
+    _restore_rng(run, state.get("rng"))
     restored = _RunState(
         start_epoch=int(state["epoch"]),
         best=float(state.get("best_hmean", -1.0)),
         history=list(state.get("history", [])),
     )
-    say(f"resumed from {resume} after epoch {restored.start_epoch}")
+    run.say(f"resumed from {resume} after epoch {restored.start_epoch}")
     return restored
 
 
-def _start_run_folder(run: _Run) -> None:
-    """Create the output folder, write the resolved ``config.yaml`` and announce the run."""
+def _generators(run: _Run) -> dict[str, Any]:
+    """The DataLoaders' generators: each pass draws from them the seeds of its workers."""
+    return {"train": run.data.train_loader.generator, "val": run.data.val_loader.generator}
+
+
+def _restore_rng(run: _Run, saved: list[dict[str, Any]] | None) -> None:
+    """Restore this rank's random states from a checkpoint's list (one entry per rank)."""
+    if not saved:  # a checkpoint from before random states were saved
+        run.say("the checkpoint has no random states: the run goes on from new ones")
+        return
+    if len(saved) != run.info.world_size:
+        run.say(
+            f"the checkpoint's run had {len(saved)} rank(s), this one has "
+            f"{run.info.world_size}: the batches will differ from an uninterrupted run"
+        )
+    set_rng_state(saved[run.info.rank % len(saved)], run.device, _generators(run))
+
+
+def _start_run_folder(run: _Run, state: _RunState) -> None:
+    """Create the output folder, write the resolved ``config.yaml`` and ``log.jsonl`` (the
+    checkpoint's epochs when resuming) and announce the run."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
     (run.out_dir / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
+    # The checkpoint's history, not the old log: a run killed between writing last.pt and
+    # its log line, or resumed from best.pt, would otherwise log an epoch twice or never.
+    lines = "".join(json.dumps(record) + "\n" for record in state.history)
+    (run.out_dir / "log.jsonl").write_text(lines, encoding="utf-8")
     train_set, val_set = run.data.train_set, run.data.val_set
     run.say(
         f"training on {run.device} x{run.info.world_size}: {len(train_set)} train images "
@@ -381,10 +370,11 @@ def _end_epoch(run: _Run, state: _RunState, record: dict[str, Any], epoch: int) 
     hmean = record.get("metrics", {}).get("hmean")
     improved = hmean is not None and hmean > state.best
     state.best = hmean if improved else state.best
+    rng = gather_objects(rng_state(run.device, _generators(run)), run.info)  # on every rank
     if run.info.is_main:
-        _save_epoch(run, state, epoch + 1)
+        _save_epoch(run, state, epoch + 1, rng)
         if improved:
-            _save_epoch(run, state, epoch + 1, name="best.pt")
+            _save_epoch(run, state, epoch + 1, rng, name="best.pt")
         with open(run.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -403,8 +393,11 @@ def _finish(run: _Run, state: _RunState, started: float) -> dict[str, Any]:
     return summary
 
 
-def _save_epoch(run: _Run, state: _RunState, epoch: int, name: str = "last.pt") -> None:
-    """Write a resumable checkpoint after ``epoch`` (1-based) into the output folder."""
+def _save_epoch(
+    run: _Run, state: _RunState, epoch: int, rng: list[dict[str, Any]], name: str = "last.pt"
+) -> None:
+    """Write a resumable checkpoint after ``epoch`` (1-based) into the output folder, with
+    each rank's random states ``rng``."""
     learner = run.learner
     scheduler = learner.scheduler
     save_checkpoint(
@@ -416,6 +409,7 @@ def _save_epoch(run: _Run, state: _RunState, epoch: int, name: str = "last.pt") 
             "epoch": epoch,
             "best_hmean": state.best,
             "history": state.history,
+            "rng": rng,
             "config": run.config,
         },
     )
@@ -451,30 +445,37 @@ def evaluate_checkpoint(
     progress: bool = True,
     keep_predictions: bool = False,
     state: dict[str, Any] | None = None,
+    draw_dir: str | None = None,
 ) -> EvalResult:
     """Evaluate a checkpoint on ``datasets.<split>`` of ``config`` (any image source).
 
     ``state`` is the checkpoint already read by ``load_checkpoint``, if the caller has it.
+    ``draw_dir``: also write one PNG per image there, ground truth and detections drawn
+    (``ocr.predictions.draw_predictions``; rank 0 only).
     """
-    info, device, trainer = _setup(config)
+    config = check_config(config)
+    info, device, trainer = setup_run(config)
     try:
         state = state if state is not None else load_checkpoint(checkpoint)
-        model_cfg = dict(_section(config, "model"), weights=None)  # the checkpoint has them
+        model_cfg = dict(section(config, "model"), weights=None)  # the checkpoint has them
         model = build_model(model_cfg).to(device)
         load_model_state(model, state, checkpoint)
-        _, loader = _eval_loader(config, split, info)
+        dataset, loader = build_eval_loader(config, split, info)
         result = evaluate(
             model,
             loader,
-            _normalizer(config, device),
-            _postprocess(config),
+            build_normalizer(config, device),
+            build_postprocess(config),
             device,
             info,
             float((config.get("metric") or {}).get("iou_threshold", 0.5)),
             bool(trainer.get("amp", False)),
             progress and info.is_main,
-            keep_predictions,
+            keep_predictions or draw_dir is not None,
         )
+        if draw_dir is not None and info.is_main:
+            assert result.predictions is not None and result.truths is not None
+            draw_predictions(draw_dir, dataset, result.predictions, result.truths)
     except BaseException:
         destroy_process_group()
         raise

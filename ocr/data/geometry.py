@@ -1,8 +1,8 @@
 """Polygon geometry that follows the pixels: raw file frame -> upright -> cache scale -> sample.
 
 The frames, the orientation and scale matrices live in ``lmdb_cache.geometry`` (the cache owns
-the map from raw-file coordinates to its stored pixels); this module adds what only annotations
-need: detecting polygons that a dataset already gives in the upright frame.
+the map from raw-file coordinates to its stored pixels, and the rule that detects points a
+dataset already gives in the upright frame); this module adds the forms that take polygons.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from lmdb_cache.geometry import (
     SWAPS_SIDES,
     orientation_matrix,
+    points_in_upright_frame,
     scale_matrix,
     transform_points,
     translate_matrix,
@@ -53,25 +54,11 @@ def polygons_in_upright_frame(
 
     Only decidable for the orientations that swap the sides (5-8): polygons that fit the upright
     (swapped) size but not the raw size were drawn on the rotated image. Anything else is taken
-    to be in the raw frame, as the format specifies.
+    to be in the raw frame, as the format specifies. The rule lives in
+    ``lmdb_cache.geometry.points_in_upright_frame``; this takes polygons instead of points.
     """
-    if orientation not in SWAPS_SIDES or not len(polygons) or raw_width == raw_height:
-        return False
+    if orientation not in SWAPS_SIDES or not len(polygons):
+        return False  # the common case, decided without gathering the points
     if not isinstance(polygons, PolygonSet):
         polygons = PolygonSet.from_list(polygons)
-    low = polygons.points.min(axis=0)
-    high = polygons.points.max(axis=0)
-    return _box_fits(low, high, raw_height, raw_width) and not _box_fits(
-        low, high, raw_width, raw_height
-    )
-
-
-def _box_fits(low: np.ndarray, high: np.ndarray, width: float, height: float) -> bool:
-    """``fits`` for points whose bounding box is ``low``-``high``."""
-    slack = 1.0
-    return bool(
-        low[0] >= -slack
-        and low[1] >= -slack
-        and high[0] <= width + slack
-        and high[1] <= height + slack
-    )
+    return points_in_upright_frame(polygons.points, orientation, raw_width, raw_height)

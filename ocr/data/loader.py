@@ -9,14 +9,35 @@ from torch.utils.data import DataLoader
 
 from .collate import collate
 from .dataset import OCRDataset
+from .instantiate import TARGET, instantiate, is_target_spec
 from .targets import DBNetTargets
 from .transforms import TrainTransform, ValTransform
 
 
 def build_transform(
-    spec: dict[str, Any], resample: str = "bilinear"
-) -> ValTransform | TrainTransform:
-    """``{name: val, size: 640}`` or ``{name: train, size, scale_range, flip_prob}``."""
+    spec: dict[str, Any], resample: str = "bilinear", *, key: str = "transform"
+) -> Any:
+    """A dataset's transform from its config mapping.
+
+    Two forms:
+
+    * ``{name: val, size: 640}`` or ``{name: train, size, scale_range, flip_prob}``: the
+      built-in transforms of ``ocr.data.transforms``, resampling with the dataset's
+      ``resample``;
+    * ``{_target_: pkg.module.Callable, arg: value, ...}``: ``Callable(arg=value, ...)`` is the
+      transform (``ocr.data.instantiate``); nothing is added to its arguments.
+
+    Args:
+        spec: The mapping.
+        resample: The dataset's resampling filter (the built-in transforms only).
+        key: Where ``spec`` sits in the config, for messages.
+
+    Raises:
+        ValueError: an unknown name, a bad value, or a ``_target_`` that cannot be imported,
+            is not callable, fails on its arguments or does not return a transform.
+    """
+    if is_target_spec(spec):
+        return _checked_transform(instantiate(spec, key), spec[TARGET], key)
     spec = dict(spec)
     name = spec.pop("name", "val")
     if name == "val":
@@ -25,18 +46,47 @@ def build_transform(
         if "scale_range" in spec:
             spec["scale_range"] = tuple(spec["scale_range"])
         return TrainTransform(resample=resample, **spec)
-    raise ValueError(f"unknown transform {name!r}; use 'val' or 'train'")
+    raise ValueError(
+        f"{key}: unknown transform {name!r}; use 'val' or 'train', or {{_target_: "
+        "package.module.Callable, ...}} for your own (docs/transforms.md)"
+    )
+
+
+def _checked_transform(transform: Any, target: str, key: str) -> Any:
+    """``transform`` if it can serve as a dataset transform (``OCRDataset``'s ``transform``)."""
+    if not callable(transform):
+        raise ValueError(
+            f"{key}: _target_ {target!r} returned a {type(transform).__name__}, not a "
+            "transform; a transform is called as transform(image, polygons, rng, out=None) "
+            "and returns a TransformResult (docs/transforms.md)"
+        )
+    size = getattr(transform, "size", None)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(
+            f"{key}: _target_ {target!r} returned a transform whose size is {size!r}; size must "
+            "be a positive int (the side of its square output) or None (any output size)"
+        )
+    return transform
 
 
 def build_dataset(
-    dataset_cfg: dict[str, Any], targets_cfg: dict[str, Any] | None = None, seed: int = 0
+    dataset_cfg: dict[str, Any],
+    targets_cfg: dict[str, Any] | None = None,
+    seed: int = 0,
+    *,
+    name: str | None = None,
 ) -> OCRDataset:
-    """One dataset from a ``datasets.<split>`` section (targets when ``targets_cfg`` is given)."""
+    """One dataset from a ``datasets.<split>`` section (targets when ``targets_cfg`` is given).
+
+    ``name`` is the split's key (``train_dataset``); messages about its transform then name
+    ``datasets.<name>.transform``.
+    """
     resample = dataset_cfg.get("resample", "bilinear")
+    key = f"datasets.{name}.transform" if name else "transform"
     return OCRDataset(
         image_path=dataset_cfg["image_path"],
         annotation_path=dataset_cfg["annotation_path"],
-        transform=build_transform(dataset_cfg.get("transform", {"name": "val"}), resample),
+        transform=build_transform(dataset_cfg.get("transform", {"name": "val"}), resample, key=key),
         image_cache=dataset_cfg.get("image_cache"),
         preload_images=bool(dataset_cfg.get("preload_images", False)),
         cache_fallback=dataset_cfg.get("cache_fallback", "error"),

@@ -8,7 +8,9 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
+from lmdb_cache import estimate
 from lmdb_cache.cli import build_command, cli, info_command, validate_command
 
 from .conftest import noisy_image, save_image
@@ -262,7 +264,7 @@ def test_help_shows_examples(name):
 def test_group_help_lists_the_subcommands():
     result = invoke(cli, "--help")
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
-    assert (result.exit_code, listed) == (0, {"build", "validate", "info", "copy"})
+    assert (result.exit_code, listed) == (0, {"build", "validate", "info", "copy", "ls", "show"})
 
 
 def test_build_of_a_folder_without_images_is_an_error_and_writes_nothing(tmp_path):
@@ -272,3 +274,64 @@ def test_build_of_a_folder_without_images_is_an_error_and_writes_nothing(tmp_pat
     assert result.exit_code == 1
     assert "no images below" in result.stderr and ".jpg" in result.stderr
     assert not (tmp_path / "src.lmdb").exists()
+
+
+def test_build_help_leads_with_the_capped_build():
+    examples = invoke(build_command, "--help").stdout.partition("Examples:")[2].splitlines()
+    assert examples[1].split("#")[0].strip() == "build-cache data/val --max-side 640"
+    assert examples[3].split("#")[0].strip() == "build-cache data/val"
+
+
+# --- the size warning before a full-size build ------------------------------------------------
+
+
+@pytest.fixture()
+def large_images(tmp_path, monkeypatch):
+    """``<tmp>/large``: two flat 1000 x 800 JPEGs (2.4 MB decoded each, a few KB as files),
+    with the warning's byte threshold lowered to 1 MiB so they are "large"."""
+    root = tmp_path / "large"
+    root.mkdir()
+    for i in range(2):
+        Image.new("RGB", (1000, 800), (240, 240 - i, 230)).save(root / f"page_{i}.jpg")
+    monkeypatch.setattr(estimate, "MIN_DECODED_BYTES", 1 << 20)
+    return root
+
+
+def test_build_full_size_warns_of_the_store_size_first(large_images, build_cli):
+    result = build_cli(large_images, "-q")
+    # 2 x 1000 x 800 x 3 = 4.8 MB; at 640: 640 x 512 x 3 x 2 = 1,966,080 bytes.
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("warning: the decoded store will be about 4.8 MB from ")
+    assert first.endswith(
+        "to train at 640 px (the ocr configs' transform size) build it with --max-side 640: "
+        "about 2.0 MB. Continuing at full size."
+    )
+    assert result.exit_code == 0
+
+
+def test_build_full_size_still_stores_full_size(large_images, build_cli):
+    build_cli(large_images, "-q")
+    doc = json.loads(invoke(cli, "ls", f"{large_images}.lmdb", "--json").stdout)
+    assert [(r["width"], r["height"]) for r in doc] == [(1000, 800), (1000, 800)]
+
+
+def test_build_with_max_side_gives_no_size_warning(large_images, build_cli):
+    result = build_cli(large_images, "-q", "--max-side", 640)
+    assert (result.exit_code, result.stderr) == (0, "")
+
+
+def test_update_gives_no_size_warning(large_images, build_cli):
+    build_cli(large_images, "-q")
+    result = build_cli(large_images, "-q")
+    assert (result.exit_code, result.stderr) == (0, "")
+
+
+def test_build_json_carries_the_size_warning(large_images, build_cli):
+    result = build_cli(large_images, "--json")
+    doc = json.loads(result.stdout)
+    assert doc["warnings"][0].startswith("the decoded store will be about 4.8 MB")
+    assert "warning" not in result.stderr
+
+
+def test_small_full_size_build_gives_no_size_warning(tiny_images, build_cli):
+    assert "warning" not in build_cli(tiny_images, "-q").stderr

@@ -119,3 +119,16 @@ def test_longest_side_size_by_hand(size, side, expected):
 def test_capped_size_never_upscales():
     assert capped_size(10, 5, 40) == (10, 5)
     assert capped_size(10, 5, None) == (10, 5)
+
+
+def test_points_already_upright_are_told_by_the_swapped_size():
+    from lmdb_cache.geometry import points_in_upright_frame
+
+    # Raw 300 x 200 with orientation 6: upright is 200 x 300.
+    only_upright = np.array([[10.0, 250.0], [150.0, 290.0]])  # y > 200: fits 200 x 300 only
+    raw = np.array([[250.0, 10.0], [290.0, 150.0]])  # x > 200: fits 300 x 200 only
+    both = np.array([[10.0, 10.0], [50.0, 50.0]])
+    assert points_in_upright_frame(only_upright, 6, 300, 200) is True
+    assert points_in_upright_frame(raw, 6, 300, 200) is False
+    assert points_in_upright_frame(both, 6, 300, 200) is False  # raw, as the format says
+    assert points_in_upright_frame(only_upright, 1, 300, 200) is False  # no swap: no way to tell

@@ -1,22 +1,83 @@
-"""Checkpoint errors as ocr-eval reports them: a missing file, weights of another model."""
+"""Checkpoint errors as ocr-eval and ocr-train --resume report them: one line naming the file
+and what is wrong, exit 2 for a path that is not a checkpoint, 1 for a damaged one."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
-from ocr.cli import eval_command
+from ocr.cli import eval_command, train_command
 
 
-def test_ocr_eval_cli_missing_checkpoint_exits_1_naming_it(tmp_path):
+def _one_line_error(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith("Error: ") and "Traceback" not in output
+    return lines[0]
+
+
+def test_ocr_eval_of_a_missing_checkpoint_exits_2_naming_it(tmp_path):
     result = CliRunner().invoke(eval_command, ["-k", str(tmp_path / "none.pt")])
+    assert result.exit_code == 2
+    assert f"checkpoint '{tmp_path / 'none.pt'}' does not exist" in _one_line_error(result.output)
+
+
+def test_ocr_train_resume_of_a_missing_checkpoint_exits_2_naming_it(tmp_path):
+    # It used to load the default config first and complain about its annotation file.
+    result = CliRunner().invoke(train_command, ["--resume", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2
+    line = _one_line_error(result.output)
+    assert f"checkpoint '{tmp_path / 'missing.pt'}' does not exist" in line
+
+
+def _annotations(path):
+    path.write_text(json.dumps({"images": {"a.jpg": {"words": {}}}}))
+
+
+def _state_dict(path):
+    torch.save({"conv.weight": torch.zeros(2, 2)}, path)
+
+
+def _pickled_module(path):
+    torch.save(torch.nn.Linear(2, 2), path)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_annotations, "(not a PyTorch file)"),
+        (_state_dict, "(a PyTorch file without a 'model' entry"),
+        (_pickled_module, "holds Python objects other than tensors"),
+    ],
+    ids=["annotation-json", "state-dict", "pickled-module"],
+)
+def test_ocr_eval_of_a_file_that_is_not_a_checkpoint_exits_2_in_one_line(tmp_path, make, reason):
+    path = tmp_path / "val.json"
+    make(path)
+    result = CliRunner().invoke(eval_command, ["-k", str(path)])
+    assert result.exit_code == 2
+    line = _one_line_error(result.output)
+    assert f"'{path}' is not a checkpoint of ocr-train" in line and reason in line
+    assert "weights_only" not in line
+
+
+def test_ocr_eval_of_a_cut_short_checkpoint_exits_1_in_one_line(trained, tmp_path):
+    _, _, out = trained
+    data = (out / "last.pt").read_bytes()
+    path = tmp_path / "last.pt"
+    path.write_bytes(data[: len(data) // 2])
+    result = CliRunner().invoke(eval_command, ["-k", str(path)])
     assert result.exit_code == 1
-    assert "none.pt' does not exist" in result.output
+    assert f"checkpoint '{path}' is damaged: the file is cut short" in _one_line_error(
+        result.output
+    )
 
 
-def test_ocr_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
+def test_ocr_eval_refuses_a_checkpoint_of_another_model_in_one_line(trained, tmp_path):
     cfg, _, out = trained
     wider = json.loads(json.dumps(cfg))
     wider["model"]["width"] = 16
@@ -24,4 +85,5 @@ def test_ocr_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     config.write_text(yaml.safe_dump(wider))
     result = CliRunner().invoke(eval_command, ["-k", str(out / "last.pt"), "-c", str(config)])
     assert result.exit_code == 1
-    assert "does not fit the configured model" in result.output
+    line = _one_line_error(result.output)
+    assert "does not fit the configured model (" in line and "the first: size mismatch" in line

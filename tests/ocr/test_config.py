@@ -1,10 +1,20 @@
-"""Config files: _base_ merging and overrides on the merged result."""
+"""Config files: _base_ merging, overrides on the merged result, and the checks of every key
+(through the CLI: a bad value or an unknown key exits 2 naming the key)."""
 
 from __future__ import annotations
 
-import pytest
+import os
+from pathlib import Path
 
-from ocr.config import ConfigError, load_config, merge
+import pytest
+from click.testing import CliRunner
+
+from ocr.cli import eval_command, train_command
+from ocr.config import ConfigError, InvalidConfigError, check_config, load_config, merge
+
+# Run configs (other YAML under configs/, such as augmentation pipelines, are not).
+SHIPPED = sorted(str(p) for d in ("configs", "configs/data") for p in Path(d).glob("*.yaml"))
+DBNET = os.path.abspath("configs/dbnet.yaml")
 
 
 def _write(path, text):
@@ -57,3 +67,125 @@ def test_demo_config_changes_only_what_it_names():
     assert demo["model"]["width"] == 16
     assert demo["model"]["k"] == full["model"]["k"]
     assert demo["loss"] == full["loss"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=SHIPPED)
+def test_shipped_configs_pass_the_checks(path):
+    load_config(path)  # raises InvalidConfigError naming the key otherwise
+
+
+def _usage_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: bad config") and "Traceback" not in result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "datasets.train_dataset.max_side=abc",
+            "datasets.train_dataset.max_side is 'abc'; expected an integer >= 1, or null (no cap)",
+        ),
+        (
+            "datasets.train_dataset.preload_images=maybe",
+            "datasets.train_dataset.preload_images is 'maybe'; expected true or false",
+        ),
+        (
+            "datasets.train_dataset.max_side=-5",
+            "datasets.train_dataset.max_side is -5; expected an integer >= 1",
+        ),
+        (
+            "datasets.val_dataset.max_side=320",
+            "datasets.val_dataset.max_side is 320, below the transform size 640",
+        ),
+        ("trainer.device=gpu", "trainer.device is 'gpu'; expected auto, cpu, cuda or cuda:N"),
+    ],
+    ids=["max_side-text", "preload-maybe", "max_side-negative", "max_side-below-size", "device"],
+)
+def test_ocr_train_exits_2_naming_a_bad_value(override, message):
+    # Checked before any data is read: the default config's image folders need not exist.
+    assert message in _usage_error(CliRunner().invoke(train_command, [override, "--quiet"]))
+
+
+def test_ocr_eval_exits_2_naming_a_bad_value_of_the_saved_config(trained):
+    _, _, out = trained
+    args = ["-k", str(out / "last.pt"), "datasets.val_dataset.max_side=abc"]
+    output = _usage_error(CliRunner().invoke(eval_command, args))
+    assert f"the config in '{out / 'last.pt'}' with overrides" in output
+    assert "datasets.val_dataset.max_side is 'abc'" in output
+
+
+def test_typo_in_a_config_file_says_which_key_was_meant(tmp_path):
+    config = _write(
+        tmp_path / "typo.yaml",
+        f"_base_: {DBNET}\ndatasets:\n  train_dataset: {{max_sid: 640}}\n",
+    )
+    output = _usage_error(CliRunner().invoke(train_command, ["-c", str(config)]))
+    assert "datasets.train_dataset.max_sid is not a known key; did you mean 'max_side'?" in output
+
+
+def test_every_problem_is_listed_one_per_line(tmp_path):
+    config = _write(
+        tmp_path / "bad.yaml", f"_base_: {DBNET}\ntrainr: {{epochs: 2}}\nmodel: {{widht: 16}}\n"
+    )
+    output = _usage_error(CliRunner().invoke(eval_command, ["-k", "x.pt", "-c", str(config)]))
+    assert output.splitlines()[1:] == [
+        "  model.widht is not a known key; did you mean 'width'?",
+        "  trainr is not a known key; did you mean 'trainer'?",
+    ]
+
+
+def test_typo_in_an_override_says_which_key_was_meant():
+    with pytest.raises(ConfigError, match=r"did you mean 'datasets.val_dataset.max_side'\?"):
+        load_config("configs/dbnet.yaml", ["datasets.val_dataset.maxside=640"])
+
+
+@pytest.mark.parametrize(
+    ("override", "ok"),
+    [
+        ("trainer.seed=4294967295", True),
+        ("trainer.seed=4294967296", False),
+        ("datasets.train_dataset.transform.flip_prob=1", True),
+        ("datasets.train_dataset.transform.flip_prob=1.01", False),
+    ],
+    ids=["seed-max", "seed-max+1", "flip-1", "flip-above-1"],
+)
+def test_range_boundaries(override, ok):
+    if ok:
+        load_config("configs/dbnet.yaml", [override])
+    else:
+        with pytest.raises(InvalidConfigError, match=override.partition("=")[0]):
+            load_config("configs/dbnet.yaml", [override])
+
+
+def test_number_that_yaml_reads_as_text_becomes_a_float():
+    # YAML 1.1 wants 1.0e-3; 1e-3 is text to PyYAML.
+    assert load_config("configs/dbnet.yaml", ["optimizer.lr=1e-3"])["optimizer"]["lr"] == 0.001
+
+
+def _with_transform(transform) -> dict:
+    cfg = load_config("configs/dbnet.yaml")
+    cfg["datasets"]["train_dataset"]["transform"] = transform
+    return cfg
+
+
+def test_target_transform_is_checked_for_its_target_only():
+    transform = {"_target_": "my_pkg.aug.Receipts", "size": "any", "ops": [{"p": 2}]}
+    checked = check_config(_with_transform(transform))
+    assert checked["datasets"]["train_dataset"]["transform"] == transform
+
+
+@pytest.mark.parametrize("target", ["", 3, None], ids=["empty", "number", "null"])
+def test_target_transform_needs_a_dotted_path(target):
+    with pytest.raises(InvalidConfigError, match=r"transform\._target_ is .*expected a dotted"):
+        check_config(_with_transform({"_target_": target}))
+
+
+def test_builtin_transform_keys_are_checked():
+    with pytest.raises(InvalidConfigError) as info:
+        check_config(_with_transform({"name": "val", "size": 100, "flip_prob": 0.5}))
+    assert [p.key for p in info.value.problems] == [
+        "datasets.train_dataset.transform.size",
+        "datasets.train_dataset.transform.flip_prob",
+    ]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
 from lmdb_cache import build_cache
+from ocr import pipeline
 from ocr.checkpoint import load_checkpoint
 from ocr.cli import eval_command, train_command
 from ocr.data.annotations import convert_icdar_folder
@@ -69,6 +72,120 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(receipts, tra
         assert torch.equal(a[name], b[name]), name
 
 
+def _epoch_lines(output: str) -> list[tuple[str, ...]]:
+    """Each epoch line without its timings: epoch, loss and, when it validated, the metrics."""
+    lines = [line.split(" | ") for line in output.splitlines() if line.startswith("epoch ")]
+    return [(p[0], p[1], p[-1] if "H-mean" in p[-1] else "") for p in lines]
+
+
+def test_resume_from_the_checkpoint_alone_ends_like_an_uninterrupted_run(
+    receipts, tmp_path, monkeypatch, one_thread
+):
+    # The run reads the cache through overrides; the resume repeats neither them nor -c.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(receipts, tmp_path / "unused")))
+    cache = receipts[0] / "img.lmdb"
+    args = ["-c", str(config), "--quiet"]
+    args += [f"datasets.{split}.image_cache={cache}" for split in ("train_dataset", "val_dataset")]
+    full = CliRunner().invoke(train_command, [*args, "-o", str(tmp_path / "full")])
+    assert full.exit_code == 0, full.output
+    end_epoch = pipeline._end_epoch
+
+    def killed_after_epoch_1(run, state, record, epoch):
+        end_epoch(run, state, record, epoch)  # last.pt of epoch 1 is written
+        if epoch == 0:
+            raise _Interrupt
+
+    monkeypatch.setattr(pipeline, "_end_epoch", killed_after_epoch_1)
+    part = CliRunner().invoke(train_command, [*args, "-o", str(tmp_path / "part")])
+    assert isinstance(part.exception, _Interrupt)
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(
+        train_command, ["--resume", str(tmp_path / "part" / "last.pt"), "--quiet"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert _epoch_lines(resumed.output) == _epoch_lines(full.output)[1:]
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("full", "part"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    summaries = [json.loads((tmp_path / r / "summary.json").read_text()) for r in ("full", "part")]
+    assert summaries[0]["metrics"] == summaries[1]["metrics"]
+    assert summaries[0]["train_source"] == summaries[1]["train_source"] == "cache"
+    logs = [(tmp_path / r / "log.jsonl").read_text().splitlines() for r in ("full", "part")]
+    full_losses, part_losses = ([json.loads(x)["train"]["loss"] for x in log] for log in logs)
+    assert len(full_losses) == 2 and part_losses == full_losses
+
+
+def _global_random_states() -> tuple:
+    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    numpy_state = (keys.tolist(), pos, has_gauss, gauss)
+    return torch.get_rng_state().tolist(), numpy_state, random.getstate()
+
+
+def _draw_from_every_generator() -> None:
+    # What dropout or a random augmentation in the main process would do.
+    torch.rand(3), np.random.rand(3), random.random()
+
+
+def test_resume_restores_the_random_states_of_the_interrupted_run(receipts, tmp_path, one_thread):
+    seen = {}
+
+    def interrupted(line: str) -> None:
+        if line.startswith("training on"):
+            _draw_from_every_generator()
+        if line.startswith("epoch 1/"):  # printed after last.pt is written
+            seen["interrupted"] = _global_random_states()
+            raise _Interrupt
+
+    def resumed(line: str) -> None:
+        if line.startswith("resumed from"):
+            seen["resumed"] = _global_random_states()
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(tiny_config(receipts, tmp_path), progress=False, echo=interrupted)
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)  # as in another process
+    with pytest.raises(_Interrupt):
+        cfg = tiny_config(receipts, tmp_path, resume=str(tmp_path / "last.pt"))
+        train(cfg, progress=False, echo=resumed)
+    assert seen["resumed"] == seen["interrupted"]
+
+
+def test_resume_logs_each_override_with_its_old_and_new_value(trained, tmp_path):
+    cfg, _, out = trained  # finished (epoch 2 of 2): resuming it trains no further epoch
+    more = tmp_path / "more"
+    result = CliRunner().invoke(
+        train_command,
+        ["--resume", str(out / "last.pt"), "-o", str(more), "postprocess.box_thresh=0.3"],
+    )
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("override ")] == [
+        f"override postprocess.box_thresh: {cfg['postprocess']['box_thresh']!r} -> 0.3",
+        f"override trainer.output_dir: {str(out)!r} -> {str(more)!r}",
+    ]
+    saved = yaml.safe_load((more / "config.yaml").read_text())
+    assert saved["postprocess"]["box_thresh"] == 0.3 and saved["model"] == cfg["model"]
+
+
+def test_resume_with_a_config_file_is_refused_as_a_usage_error(trained):
+    _, _, out = trained
+    result = CliRunner().invoke(
+        train_command, ["-c", "configs/dbnet.yaml", "--resume", str(out / "last.pt")]
+    )
+    assert result.exit_code == 2
+    assert "drop -c/--config configs/dbnet.yaml and give changes as KEY=VALUE" in result.output
+
+
+def test_trainer_resume_override_resumes_from_the_checkpoint_config(trained, tmp_path):
+    _, _, out = trained
+    result = CliRunner().invoke(
+        train_command, [f"trainer.resume={out / 'last.pt'}", "-o", str(tmp_path / "x"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"resumed from {out / 'last.pt'} after epoch 2" in result.output
+
+
 @pytest.fixture(scope="module")
 def disk_eval(trained):
     cfg, _, out = trained
@@ -112,7 +229,7 @@ def test_ocr_eval_cli_prints_json_metrics(trained, disk_eval):
     assert doc["timing"]["images"] == 6
 
 
-def test_ocr_eval_cli_writes_predictions_in_the_upright_frame(trained, tmp_path):
+def test_ocr_eval_cli_writes_predictions_in_the_annotation_format(trained, tmp_path):
     _, _, out = trained
     path = tmp_path / "pred.json"
     result = CliRunner().invoke(
@@ -120,15 +237,17 @@ def test_ocr_eval_cli_writes_predictions_in_the_upright_frame(trained, tmp_path)
     )
     assert result.exit_code == 0, result.output
     assert "H-mean" in result.output
-    preds = json.loads(path.read_text())
+    preds = json.loads(path.read_text())["images"]
     assert len(preds) == 6
-    assert all(set(d) == {"points", "score"} for dets in preds.values() for d in dets)
+    words = [w for entry in preds.values() for w in entry["words"].values()]
+    assert all(set(w) == {"points", "score"} for w in words)
 
 
 def test_ocr_train_cli_unknown_override_is_a_usage_error():
     result = CliRunner().invoke(train_command, ["trainer.epochz=3"])
     assert result.exit_code == 2
     assert "'trainer.epochz' is not in configs/dbnet.yaml" in result.output
+    assert "did you mean 'trainer.epochs'?" in result.output
 
 
 def test_ocr_train_cli_prints_one_line_per_epoch_with_the_time_split(receipts, tmp_path):

@@ -1,5 +1,6 @@
 """Annotation files as the cache's tools read them: which images they name, and the polygons of
-one image. No dependency beyond numpy (the ``ocr`` package has its own, fuller reader).
+one image. No dependency beyond numpy; ``ocr.data.annotations.load_annotations`` builds on it
+(one parser for both).
 
 The format, the one ``ocr.data.annotations`` reads for training::
 

@@ -6,13 +6,12 @@ The format::
 
 ``<filename>`` is the image's POSIX path relative to the image folder (the cache's key);
 points are in raw file pixel coordinates (before EXIF orientation), at least 4 per polygon.
-Images without words are allowed (``"words": {}``).
+Images without words are allowed (``"words": {}``). The checks and messages are
+``lmdb_cache.annotations``'s (one parser for the cache's tools and for training).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import is_number
+from lmdb_cache.annotations import AnnotationError, load_images, parse_words
 
-
-class AnnotationError(ValueError):
-    """A malformed annotation file; the message names the file and the entry."""
+__all__ = ["AnnotationError", "ImageAnnotation", "load_annotations", "parse_icdar_lines"]
 
 
 @dataclass
@@ -48,26 +45,6 @@ def _fail(path: str, where: str, what: str) -> AnnotationError:
     return AnnotationError(f"annotation file '{path}', {where}: {what}")
 
 
-def _parse_points(path: str, where: str, points: Any) -> np.ndarray:
-    if not isinstance(points, list) or len(points) < 4:
-        raise _fail(
-            path, where, f"'points' must be a list of at least 4 [x, y] pairs, got {points!r:.80}"
-        )
-    out = np.empty((len(points), 2), dtype=np.float64)
-    for i, pair in enumerate(points):
-        if (
-            not isinstance(pair, (list, tuple))
-            or len(pair) != 2
-            or not all(is_number(v, numpy=False) for v in pair)
-            or not all(math.isfinite(v) for v in pair)
-        ):
-            raise _fail(
-                path, where, f"point {i} must be [x, y] with finite numbers, got {pair!r:.60}"
-            )
-        out[i] = pair
-    return out
-
-
 def load_annotations(path: str | os.PathLike[str]) -> dict[str, ImageAnnotation]:
     """Read an annotation JSON file.
 
@@ -79,35 +56,15 @@ def load_annotations(path: str | os.PathLike[str]) -> dict[str, ImageAnnotation]
             names the file and the entry.
     """
     name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise AnnotationError(f"cannot read annotation file '{name}': {e.strerror}") from e
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"annotation file '{name}' is not valid JSON: {e}") from e
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, dict):
-        raise AnnotationError(
-            f"annotation file '{name}' has no 'images' object; expected "
-            '{"images": {"<filename>": {"words": {"<id>": {"points": [[x, y], ...]}}}}}'
-        )
     out: dict[str, ImageAnnotation] = {}
-    for filename, entry in images.items():
-        where = f"image {filename!r}"
-        words = entry.get("words", {}) if isinstance(entry, dict) else None
-        if not isinstance(words, dict):
-            raise _fail(name, where, "must be an object with a 'words' object")
-        ann = ImageAnnotation(filename=filename)
-        for word_id, word in words.items():
-            word_where = f"{where}, word {word_id!r}"
-            if not isinstance(word, dict) or "points" not in word:
-                raise _fail(name, word_where, "must be an object with 'points'")
-            ann.polygons.append(_parse_points(name, word_where, word["points"]))
-            ann.word_ids.append(str(word_id))
-            text = word.get("text")
-            ann.texts.append(text if isinstance(text, str) else None)
-        out[filename] = ann
+    for filename, entry in load_images(name).items():
+        words = parse_words(name, filename, entry)
+        out[filename] = ImageAnnotation(
+            filename=filename,
+            polygons=[w.points for w in words],
+            word_ids=[w.id for w in words],
+            texts=[w.text for w in words],
+        )
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import time
 import weakref
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,19 +29,17 @@ import numpy as np
 from . import environment
 from .codecs import RAW, codec_of
 from .errors import (
-    CorruptRecordError,
     MissingImageError,
-    SettingsMismatchError,
     damaged,
     key_type_error,
 )
 from .records import Record
 from .schema import (
-    DATABASES,
     DB_META,
     decode_key,
     encode_key,
 )
+from .settings import check_reproduces
 from .snapshot import Snapshot, decompress_checked, open_snapshot, verify_structure
 
 # Readers of this process, so a fork can end their snapshots first.
@@ -257,23 +254,7 @@ class CacheReader:
         Raises:
             SettingsMismatchError: naming both settings and the ``build-cache`` that fixes it.
         """
-        settings = self._snapshot().manifest["settings"]
-        cap, filter_name = settings.get("max_side"), settings.get("resample")
-        if cap is None:
-            return
-        if cap != max_side:
-            option = f" --max-side {max_side}" if max_side is not None else " --max-side none"
-            raise SettingsMismatchError(
-                f"cache '{self.path}' is capped at --max-side {cap}, the pixels asked for are "
-                f"capped at {max_side}; use max_side {cap}, or rebuild the cache with "
-                f"'build-cache SRC -o {self.path} --rebuild{option}'"
-            )
-        if filter_name != resample:
-            raise SettingsMismatchError(
-                f"cache '{self.path}' was resized with {filter_name!r}, the pixels asked for "
-                f"use {resample!r}; use resample {filter_name}, or rebuild the cache with "
-                f"'build-cache SRC -o {self.path} --rebuild --resample {resample}'"
-            )
+        check_reproduces(self._snapshot().manifest["settings"], max_side, resample, self.path)
 
     def keys(self) -> list[str]:
         """All image keys, sorted.
@@ -333,18 +314,7 @@ class CacheReader:
         """
         last: bytes | None = None
         while True:
-            snap = self._snapshot()
-            found: list[bytes] = []
-            try:
-                cursor = snap.txn.cursor(db=snap.dbs[DB_META])
-                more = cursor.first() if last is None else cursor.set_range(last)
-                if more and last is not None and cursor.key() == last:
-                    more = cursor.next()
-                while more and len(found) < chunk:
-                    found.append(bytes(cursor.key()))
-                    more = cursor.next()
-            except lmdb.Error as e:
-                raise damaged(self.path, "to list the keys", e) from e
+            found = self._snapshot().keys_after(last, chunk)
             yield from (decode_key(k) for k in found)
             if len(found) < chunk:
                 return
@@ -434,20 +404,7 @@ class CacheReader:
             decompress_checked(self.path, key, meta, self.verify, buf, image)
             image.flags.writeable = False
             return Record(key=key, image=image, meta=meta)
-        # The length is checked before any byte is touched: a damaged length must not send a
-        # read past the data.
-        if len(buf) != meta["nbytes"]:
-            raise CorruptRecordError(
-                key,
-                f"pixel data is {len(buf)} bytes, metadata says {meta['width']}x{meta['height']}x3"
-                f"={meta['nbytes']}",
-                self.path,
-            )
-        if self.verify and zlib.crc32(buf) != meta["checksum"]:
-            raise CorruptRecordError(key, "pixel checksum mismatch", self.path)
-        flat = np.frombuffer(buf, dtype=np.uint8)
-        snap.tracker.track(flat)  # every view and slice made from it keeps it alive
-        return Record(key=key, image=flat.reshape(meta["height"], meta["width"], 3), meta=meta)
+        return Record(key=key, image=snap.raw_view(key, meta, buf, self.verify), meta=meta)
 
     def __getitem__(self, key: str) -> Record:
         """The image as an owned, writable array (one copy out of the page cache).
@@ -529,10 +486,7 @@ class CacheReader:
             ValueError: another database name.
             lmdb.Error: LMDB fails while walking (the store is damaged).
         """
-        snap = self._snapshot()
-        db = snap.dbs[_database(database)]
-        for raw_key in snap.txn.cursor(db=db).iternext(keys=True, values=False):
-            yield bytes(raw_key)
+        yield from self._snapshot().raw_keys(database)
 
     def raw_value(self, database: str | bytes, key: bytes) -> Any:
         """The stored value under ``key`` in ``database`` (a buffer of the snapshot, unchecked),
@@ -542,16 +496,7 @@ class CacheReader:
             ValueError: another database name.
             lmdb.Error: LMDB cannot read it (the store is damaged).
         """
-        snap = self._snapshot()
-        return snap.txn.get(key, db=snap.dbs[_database(database)])
-
-
-def _database(name: str | bytes) -> bytes:
-    data = name.encode() if isinstance(name, str) else name
-    if data not in DATABASES:
-        names = ", ".join(db.decode() for db in DATABASES)
-        raise ValueError(f"unknown database {name!r}; choose one of {names}")
-    return data
+        return self._snapshot().raw_value(database, key)
 
 
 def open_cache(

@@ -238,3 +238,31 @@ def start_manifest(
     manifest.update(complete=False, updated=now())
     store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
     return manifest
+
+
+def check_reproduces(
+    settings: dict[str, Any], max_side: int | None, resample: str, path: str
+) -> None:
+    """Raise unless a store made with ``settings`` serves exactly the pixels that decoding
+    with ``max_side`` and ``resample`` gives: a full-size store reproduces any cap (applied
+    after reading), a capped store only its own cap and filter.
+
+    Raises:
+        SettingsMismatchError: naming both settings and the ``build-cache`` that fixes it.
+    """
+    cap, filter_name = settings.get("max_side"), settings.get("resample")
+    if cap is None:
+        return
+    if cap != max_side:
+        option = f" --max-side {max_side}" if max_side is not None else " --max-side none"
+        raise SettingsMismatchError(
+            f"cache '{path}' is capped at --max-side {cap}, the pixels asked for are "
+            f"capped at {max_side}; use max_side {cap}, or rebuild the cache with "
+            f"'build-cache SRC -o {path} --rebuild{option}'"
+        )
+    if filter_name != resample:
+        raise SettingsMismatchError(
+            f"cache '{path}' was resized with {filter_name!r}, the pixels asked for "
+            f"use {resample!r}; use resample {filter_name}, or rebuild the cache with "
+            f"'build-cache SRC -o {path} --rebuild --resample {resample}'"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from .errors import (
     damaged,
 )
 from .schema import (
+    DATABASES,
     DB_FAILURES,
     DB_MANIFEST,
     DB_META,
@@ -93,6 +95,58 @@ class Snapshot:
         if buf is None:
             raise CorruptRecordError(key, "metadata present but pixels missing", self.path)
         return buf
+
+    def keys_after(self, last: bytes | None, chunk: int) -> list[bytes]:
+        """Up to ``chunk`` record keys (LMDB bytes) in storage order, after ``last``.
+
+        Raises:
+            StoreDamagedError: LMDB cannot walk the metadata database.
+        """
+        found: list[bytes] = []
+        try:
+            cursor = self.txn.cursor(db=self.dbs[DB_META])
+            more = cursor.first() if last is None else cursor.set_range(last)
+            if more and last is not None and cursor.key() == last:
+                more = cursor.next()
+            while more and len(found) < chunk:
+                found.append(bytes(cursor.key()))
+                more = cursor.next()
+        except lmdb.Error as e:
+            raise damaged(self.path, "to list the keys", e) from e
+        return found
+
+    def raw_view(self, key: str, meta: dict[str, Any], buf: Any, verify: bool) -> np.ndarray:
+        """A raw record's stored value as a read-only ``(H, W, 3)`` array, tracked so that the
+        snapshot is kept while it lives.
+
+        Raises:
+            CorruptRecordError: the length disagrees with the metadata, or (``verify``) the
+                checksum does not match.
+        """
+        # The length is checked before any byte is touched: a damaged length must not send a
+        # read past the data.
+        if len(buf) != meta["nbytes"]:
+            raise CorruptRecordError(
+                key,
+                f"pixel data is {len(buf)} bytes, metadata says {meta['width']}x{meta['height']}x3"
+                f"={meta['nbytes']}",
+                self.path,
+            )
+        if verify and zlib.crc32(buf) != meta["checksum"]:
+            raise CorruptRecordError(key, "pixel checksum mismatch", self.path)
+        flat = np.frombuffer(buf, dtype=np.uint8)
+        self.tracker.track(flat)  # every view and slice made from it keeps it alive
+        return flat.reshape(meta["height"], meta["width"], 3)
+
+    def raw_keys(self, database: str | bytes) -> Iterator[bytes]:
+        """The LMDB keys of one of the store's databases, as stored."""
+        db = self.dbs[_database(database)]
+        for raw_key in self.txn.cursor(db=db).iternext(keys=True, values=False):
+            yield bytes(raw_key)
+
+    def raw_value(self, database: str | bytes, key: bytes) -> Any:
+        """The stored value under ``key`` in ``database`` (unchecked), or None."""
+        return self.txn.get(key, db=self.dbs[_database(database)])
 
     def failures(self) -> list[tuple[str, str]]:
         """``(key, reason)`` of every failures entry, sorted.
@@ -195,3 +249,11 @@ def decompress_checked(
         raise CorruptRecordError(key, problem, path)
     if verify and zlib.crc32(np.ascontiguousarray(out).data) != meta["checksum"]:
         raise CorruptRecordError(key, "pixel checksum mismatch", path)
+
+
+def _database(name: str | bytes) -> bytes:
+    data = name.encode() if isinstance(name, str) else name
+    if data not in DATABASES:
+        names = ", ".join(db.decode() for db in DATABASES)
+        raise ValueError(f"unknown database {name!r}; choose one of {names}")
+    return data

@@ -405,9 +405,9 @@ class CacheWriter:
             capped = capped.copy()  # the caller may change its array before the commit
         decoded = DecodedImage(np.ascontiguousarray(capped), width, height, 1, mode, None)
         meta = pixel_meta(decoded)
-        stored, fields = encode(decoded.pixels, self.settings["codec"], self.settings["level"])
         if self.settings["codec"] == RAW:
-            stored = decoded.pixels
+            return ("ok", key, meta, decoded.pixels)  # as a decoding worker returns it
+        stored, fields = encode(decoded.pixels, self.settings["codec"], self.settings["level"])
         return ("ok", key, meta | fields, stored)
 
     def _maybe_commit(self) -> None:

@@ -141,6 +141,7 @@ def train_command(
     def action() -> dict[str, Any]:
         shortcuts = {"trainer.output_dir": output, "trainer.epochs": epochs}
         ckpt, items = _resume_target(resume, _items(overrides, **shortcuts))
+        state = None
         if ckpt is None:
             cfg = load_config(config, items)
         elif config_given:
@@ -149,10 +150,10 @@ def train_command(
                 f"-c/--config {config} and give changes as KEY=VALUE overrides (each is logged)"
             )
         else:
-            state = load_checkpoint(ckpt)
+            state = load_checkpoint(ckpt)  # read once: config, weights and progress
             cfg = _saved_config(ckpt, state, [*items, ("trainer.resume", ckpt)])
         echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-        return train(cfg, progress=not (quiet or as_json), echo=echo)
+        return train(cfg, progress=not (quiet or as_json), echo=echo, state=state)
 
     summary = _run(action)
     if not dist_info_from_env().is_main:

@@ -85,14 +85,18 @@ def metrics_text(metrics: dict[str, Any]) -> str:
 
 
 def train(
-    config: dict[str, Any], progress: bool = True, echo: Callable[[str], None] = print
+    config: dict[str, Any],
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train DBNet as ``config`` says; returns the run summary (also in ``summary.json``).
 
     Under ``torchrun`` every rank trains on its part of each epoch (DistributedDataParallel);
     only rank 0 writes files and prints. With ``trainer.resume`` the run goes on from that
     checkpoint (see the module docstring); ``config`` should be the one saved in it, with
-    any changes on top (each is logged).
+    any changes on top (each is logged). ``state`` is that checkpoint already read by
+    ``load_checkpoint``, if the caller has it (it is then not read again).
 
     Raises:
         ConfigError: a value the schema does not allow, or a missing section.
@@ -102,7 +106,9 @@ def train(
     config = check_config(config)
     info, device, trainer = setup_run(config)
     try:
-        summary = _train(config, info, device, trainer, progress and info.is_main, echo, started)
+        summary = _train(
+            config, info, device, trainer, progress and info.is_main, echo, started, state
+        )
     except BaseException:
         destroy_process_group()
         raise
@@ -169,9 +175,10 @@ def _train(
     progress: bool,
     echo: Callable[[str], None],
     started: float,
+    saved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and validate epoch by epoch (after a resume, from the checkpoint's epoch on)."""
-    run, state = _prepare(config, info, device, trainer, progress, echo)
+    run, state = _prepare(config, info, device, trainer, progress, echo, saved)
     val_every = int(trainer.get("val_every", 1))
     for epoch in range(state.start_epoch, run.epochs):
         record, line = _train_epoch(run, epoch)
@@ -190,11 +197,15 @@ def _prepare(
     trainer: dict[str, Any],
     progress: bool,
     echo: Callable[[str], None],
+    saved: dict[str, Any] | None = None,
 ) -> tuple[_Run, _RunState]:
     """Seed, build the loaders, model, optimizer and schedule, restore ``trainer.resume``,
     wrap the model for DDP under torchrun, and (rank 0) start the output folder."""
     resume = trainer.get("resume")
-    saved = load_checkpoint(resume) if resume else None  # a wrong path fails before any work
+    if resume and saved is None:
+        saved = load_checkpoint(resume)  # a wrong path fails before any work
+    elif not resume:
+        saved = None
     seed = int(trainer.get("seed", 0))
     torch.manual_seed(seed)
     np.random.seed(seed)

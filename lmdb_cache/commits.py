@@ -20,6 +20,7 @@ from .schema import (
     DB_PIXELS,
     MANIFEST_KEY,
     check_meta,
+    check_meta_fits,
     decode_key,
     display_key,
     encode_key,
@@ -153,15 +154,20 @@ def recode(
     return new
 
 
-def stored_records(store: WriteStore) -> tuple[dict[str, dict], set[bytes], set[bytes]]:
+def stored_records(
+    store: WriteStore, settings: dict
+) -> tuple[dict[str, dict], set[bytes], set[bytes]]:
     """What a store holds: valid metadata by key, every record key, every failure key.
 
-    A record whose metadata fails its check is left out of the first.
+    A record whose metadata fails its checks (its seal, the schema, or the store's
+    ``settings``: ``schema.check_meta_fits``) is left out of the first.
     """
     metas = {}
     for raw_key, value in store.read_all(DB_META):
         try:
-            metas[decode_key(raw_key)] = check_meta(unseal(value, raw_key))
+            metas[decode_key(raw_key)] = check_meta_fits(
+                check_meta(unseal(value, raw_key)), settings
+            )
         except ValueError:
             continue
     records = set(store.keys(DB_META)) | set(store.keys(DB_PIXELS))

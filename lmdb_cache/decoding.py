@@ -30,6 +30,7 @@ def decode_task(
     known_sha256: str | None,
     codec: str = RAW,
     level: int = DEFAULT_LEVEL,
+    max_pixels: int | None = None,
 ) -> tuple[Any, ...]:
     """Read, fingerprint, decode and encode (``codecs``) one source; runs in a worker process.
 
@@ -49,7 +50,9 @@ def decode_task(
     if known_sha256 is not None and fingerprint["source_sha256"] == known_sha256:
         return ("same", key, fingerprint)
     try:
-        decoded = decode_bytes(data, path, max_side=max_side, resample=resample)
+        decoded = decode_bytes(
+            data, path, max_side=max_side, resample=resample, max_pixels=max_pixels
+        )
     except ImageDecodeError as e:
         return ("fail", key, e.reason)
     except MemoryError:

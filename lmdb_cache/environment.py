@@ -42,6 +42,7 @@ from .errors import (
     TruncatedStoreError,
     damaged,
 )
+from .extents import Extents
 from .schema import MAX_DBS, MAX_READERS
 
 # Address space reserved for each read mapping: 1 TiB on 64-bit systems. It costs no memory
@@ -206,10 +207,16 @@ class SharedEnv:
     """
 
     def __init__(
-        self, path: str, env: lmdb.Environment, locked: bool, identity: tuple[int, int] | None
+        self,
+        path: str,
+        env: lmdb.Environment,
+        locked: bool,
+        identity: tuple[int, int] | None,
+        extents: Extents,
     ) -> None:
         self.path = path
         self.env = env
+        self.extents = extents  # checks each value's extent before LMDB touches its pages
         self.locked = locked
         self.identity = identity
         self.pid = os.getpid()
@@ -260,6 +267,7 @@ class SharedEnv:
         if self in _RETIRED:
             _RETIRED.remove(self)
         self.env.close()
+        self.extents.close()
 
 
 class ViewTracker:
@@ -314,6 +322,7 @@ def _forget_inherited() -> None:
             shared.env.close()
         except Exception:
             _ORPHANS.append(shared.env)
+        shared.extents.close()
     _ENVS.clear()
     _RETIRED.clear()
     _VIEW_REFS.clear()
@@ -330,6 +339,7 @@ def close_all() -> None:
                     shared.env.close()
                 except Exception:
                     pass
+                shared.extents.close()
         _ENVS.clear()
         _RETIRED.clear()
 
@@ -385,10 +395,8 @@ def acquire(path: str, lock: bool | None) -> SharedEnv:
         if shared is None:
             # The identity is taken before opening: a store swapped in between is then seen
             # as replaced at the next snapshot (one reopen too many), never the other way.
-            identity = file_identity(path)
-            check_data_file(path)
-            env, locked = _open(path, lock)
-            shared = _ENVS[real] = SharedEnv(real, env, locked, identity)
+            env, locked, extents, identity = _open_checked(path, lock)
+            shared = _ENVS[real] = SharedEnv(real, env, locked, identity, extents)
             _register_exit_hooks()
         shared.readers += 1
         return shared
@@ -401,6 +409,33 @@ def release(shared: SharedEnv) -> None:
             return
         shared.readers -= 1
         shared.close_if_unused()
+
+
+def _open_checked(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool, Extents, Any]:
+    """LMDB's environment of the store, and the extent checks of the very file it mapped.
+
+    The checks open the file after LMDB and must find the one that was at ``path`` before LMDB
+    opened it; a store swapped in meanwhile (a rebuild finishing) is opened again.
+
+    Raises:
+        CacheNotFoundError, NotACacheError, TruncatedStoreError: see :func:`check_data_file`.
+        CacheError: LMDB cannot open it, or it was replaced at every try.
+    """
+    data_file = os.path.join(path, "data.mdb")
+    for _ in range(3):
+        identity = file_identity(path)
+        check_data_file(path)
+        env, locked = _open(path, lock)
+        try:
+            extents = Extents(data_file)
+        except OSError as e:
+            env.close()
+            raise CacheError(f"cannot read '{data_file}': {e.strerror or e}") from e
+        if extents.identity() == identity:
+            return env, locked, extents, identity
+        extents.close()
+        env.close()
+    raise CacheError(f"cache '{path}' was replaced at every try to open it; open it again")
 
 
 def _open(path: str, lock: bool | None) -> tuple[lmdb.Environment, bool]:

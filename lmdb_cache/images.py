@@ -312,7 +312,7 @@ def normalize(
     )
 
 
-def _check_sides(image: Image.Image, name: str) -> None:
+def _check_sides(image: Image.Image, name: str, max_pixels: int | None) -> None:
     # image.size comes from the header alone: checked before load(), nothing huge is decoded.
     # A downscale cap would not help: a record also stores the raw size, bounded the same way.
     for side, length in zip(("width", "height"), image.size, strict=True):
@@ -321,10 +321,21 @@ def _check_sides(image: Image.Image, name: str) -> None:
                 name,
                 f"{side} {length} exceeds the cache format's limit of {MAX_SIDE} pixels per side",
             )
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            name,
+            f"{width}x{height} is {width * height} pixels, over the store's ceiling of "
+            f"{max_pixels} (max_pixels)",
+        )
 
 
 def decode_bytes(
-    data: bytes, name: str, max_side: int | None = None, resample: str = "bilinear"
+    data: bytes,
+    name: str,
+    max_side: int | None = None,
+    resample: str = "bilinear",
+    max_pixels: int | None = None,
 ) -> DecodedImage:
     """Decode an encoded image held in memory.
 
@@ -333,18 +344,19 @@ def decode_bytes(
         name: The file's name, used in error messages only.
         max_side: Longest-side cap, or None.
         resample: Filter name for the cap.
+        max_pixels: Refuse an image of more pixels (raw width x height), from its header.
 
     Returns:
         The normalized image.
 
     Raises:
         ImageDecodeError: the bytes are not a decodable image, are truncated, exceed Pillow's
-            decompression-bomb limit, or have a side longer than the cache format's
-            :data:`~lmdb_cache.schema.MAX_SIDE`.
+            decompression-bomb limit or ``max_pixels``, or have a side longer than the cache
+            format's :data:`~lmdb_cache.schema.MAX_SIDE`.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
-            _check_sides(image, name)
+            _check_sides(image, name, max_pixels)
             return normalize(image, max_side=max_side, resample=resample)
     except ImageDecodeError:
         raise

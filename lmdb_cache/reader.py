@@ -29,6 +29,7 @@ import numpy as np
 from . import environment
 from .codecs import RAW, codec_of
 from .errors import (
+    CacheError,
     MissingImageError,
     damaged,
     key_type_error,
@@ -46,6 +47,8 @@ from .snapshot import Snapshot, decompress_checked, open_snapshot, verify_struct
 _READERS: weakref.WeakSet[CacheReader] = weakref.WeakSet()
 
 DEFAULT_SNAPSHOT_SECONDS = 60.0
+# Snapshots begun before a build's commits let one be opened (see ``open_snapshot``).
+_BEGIN_TRIES = 100
 
 
 def _before_fork() -> None:
@@ -172,18 +175,30 @@ class CacheReader:
                     verify_structure(self.path, shared)
             else:
                 environment.check_data_file(self.path)
-            txn = shared.begin_read()
         except BaseException:
             self.close()
             raise
-        try:
-            snap = open_snapshot(self.path, shared, txn)
-        except BaseException:
-            txn.abort()
-            self.close()
-            raise
-        self._snap = snap
-        return snap
+        for _ in range(_BEGIN_TRIES):
+            try:
+                txn = shared.begin_read()
+            except BaseException:
+                self.close()
+                raise
+            try:
+                snap = open_snapshot(self.path, shared, txn)
+            except BaseException:
+                txn.abort()
+                self.close()
+                raise
+            if snap is not None:
+                self._snap = snap
+                return snap
+            txn.abort()  # two commits overwrote its meta page meanwhile: begin another
+        self.close()
+        raise CacheError(
+            f"cache '{self.path}': a build committed faster than a snapshot could begin "
+            f"({_BEGIN_TRIES} tries); read again"
+        )
 
     def refresh(self) -> None:
         """Move to the newest committed state of the store (a rebuilt store included).
@@ -342,7 +357,7 @@ class CacheReader:
             return False
         snap = self._snapshot()
         try:
-            return snap.txn.get(ekey, db=snap.dbs[DB_META]) is not None
+            return snap.get(DB_META, ekey, key) is not None
         except lmdb.Error as e:
             raise damaged(self.path, f"to look up {key!r}", e) from e
 

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from .errors import FormatVersionError, NotACacheError, StoreDamagedError
+from .geometry import capped_size, upright_size
 
 FORMAT_NAME = "lmdb-image-cache"
 # A store records the lowest version that can read it: 2 for raw pixels, 3 once any record is
@@ -57,6 +58,15 @@ MAX_RECORD_BYTES = 1 << 20
 
 PIXEL_CHANNELS = 3
 CHECKSUM_ALGORITHM = "crc32"
+
+# The most pixels (raw width x height) an image of a store may have: the manifest's
+# ``settings.max_pixels``, by default Pillow's decompression-bomb limit (Pillow refuses to
+# decode more than twice ``Image.MAX_IMAGE_PIXELS``, 89,478,485 by default). A record claiming
+# more is damage, found before anything is allocated: it bounds a record's memory at 3 bytes a
+# pixel (537 MB) however its sealed metadata was forged. A store's ceiling may be set up to
+# MAX_PIXELS_LIMIT.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+MAX_PIXELS_LIMIT = 1 << 30
 
 # Fields of a record's metadata and the types they must have.
 META_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -313,6 +323,55 @@ def check_meta(meta: Any) -> dict:
     return meta
 
 
+def pixel_ceiling(settings: dict) -> int:
+    """The most raw pixels an image of a store with these settings may have."""
+    return int(settings.get("max_pixels") or DEFAULT_MAX_PIXELS)
+
+
+def check_meta_fits(meta: dict, settings: dict) -> dict:
+    """Check that a store built with ``settings`` could have written this (schema-checked)
+    metadata: its raw size under the pixel ceiling, its size the one raw size, orientation
+    and cap give by the store's own rounding rule (``geometry.capped_size``), its scales the
+    ratio of the two. Run before any pixel is allocated: a sealed record may still be forged.
+
+    Returns:
+        The metadata map, unchanged.
+
+    Raises:
+        ValueError: naming the field, what it claims and what the settings allow.
+    """
+    raw_w, raw_h, orientation = meta["raw_width"], meta["raw_height"], meta["orientation"]
+    width, height = meta["width"], meta["height"]
+    ceiling = pixel_ceiling(settings)
+    if raw_w * raw_h > ceiling:
+        raise ValueError(
+            f"metadata raw size {raw_w}x{raw_h} is {raw_w * raw_h} pixels, over the store's "
+            f"ceiling of {ceiling}"
+        )
+    max_side = settings.get("max_side")
+    if max_side is not None and max(width, height) > max_side:
+        raise ValueError(
+            f"metadata size {width}x{height} has a side over the store's cap of {max_side}"
+        )
+    up_w, up_h = upright_size(orientation, raw_w, raw_h)
+    expected = capped_size(up_w, up_h, max_side)
+    if (width, height) != expected:
+        cap = "full size" if max_side is None else f"cap {max_side}"
+        raise ValueError(
+            f"metadata size {width}x{height} does not follow from raw size {raw_w}x{raw_h}, "
+            f"orientation {orientation} and {cap} ({expected[0]}x{expected[1]})"
+        )
+    scales = {
+        "scale": max(width, height) / max(up_w, up_h),
+        "scale_x": width / up_w,
+        "scale_y": height / up_h,
+    }
+    for name, value in scales.items():
+        if not math.isclose(meta[name], value, rel_tol=1e-9):
+            raise ValueError(f"metadata {name}={meta[name]!r} does not match its sizes ({value!r})")
+    return meta
+
+
 def has_source(meta: dict) -> bool:
     """Whether a record was decoded from a file (and keeps that file's fingerprint)."""
     return "source_sha256" in meta
@@ -372,6 +431,14 @@ def check_manifest(manifest: Any) -> dict:
         raise ValueError("manifest settings.resample is missing or not a string")
     if settings.get("codec", "raw") not in ("raw", "zstd"):
         raise ValueError(f"manifest settings.codec={settings.get('codec')!r} is not raw or zstd")
+    max_pixels = settings.get("max_pixels")
+    if max_pixels is not None and (
+        type(max_pixels) is not int or not 1 <= max_pixels <= MAX_PIXELS_LIMIT
+    ):
+        raise ValueError(
+            f"manifest settings.max_pixels={max_pixels!r} is not an integer in "
+            f"1..{MAX_PIXELS_LIMIT}"
+        )
     for name in ("images", "failed", "total_bytes"):
         if manifest[name] < 0:
             raise ValueError(f"manifest {name}={manifest[name]} is negative")

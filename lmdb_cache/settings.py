@@ -23,10 +23,12 @@ from .schema import (
     CHECKSUM_ALGORITHM,
     COMPRESSED_FORMAT_VERSION,
     DB_MANIFEST,
+    DEFAULT_MAX_PIXELS,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_KEY,
     MAX_DBS,
+    MAX_PIXELS_LIMIT,
     check_manifest,
     decode_manifest,
     seal,
@@ -46,7 +48,9 @@ class _Keep:
 KEEP: Any = _Keep()
 
 
-def check_arguments(max_side: Any, resample: Any, workers: int, codec: Any, level: Any) -> None:
+def check_arguments(
+    max_side: Any, resample: Any, workers: int, codec: Any, level: Any, max_pixels: Any = KEEP
+) -> None:
     if codec is not KEEP:
         check_codec(codec, DEFAULT_LEVEL if level is KEEP else level)
         if codec == RAW and level is not KEEP:
@@ -60,6 +64,12 @@ def check_arguments(max_side: Any, resample: Any, workers: int, codec: Any, leve
             raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if max_pixels is not KEEP and (
+        type(max_pixels) is not int or not 1 <= max_pixels <= MAX_PIXELS_LIMIT
+    ):
+        raise ValueError(
+            f"max_pixels must be an integer in 1..{MAX_PIXELS_LIMIT}, got {max_pixels!r}"
+        )
 
 
 def check_output(output: str) -> None:
@@ -137,8 +147,14 @@ def choose_settings(
     replacing: bool,
     output: str,
     warnings: list[str],
+    max_pixels: Any = KEEP,
 ) -> dict[str, Any]:
-    """The settings of this build: those asked, the store's for those not asked."""
+    """The settings of this build: those asked, the store's for those not asked.
+
+    ``max_pixels`` (the ceiling of an image's raw pixels) is kept as the store has it; a store
+    written before it was recorded has none, which means :data:`DEFAULT_MAX_PIXELS`. Like the
+    cap, another ceiling needs ``rebuild``.
+    """
     max_side, resample, codec, level = asked
     if stored is None and replacing and max_side is KEEP:
         raise SettingsMismatchError(
@@ -155,12 +171,23 @@ def choose_settings(
         chosen = {
             "max_side": None if max_side is KEEP else max_side,
             "resample": "bilinear" if resample is KEEP else resample,
+            "max_pixels": DEFAULT_MAX_PIXELS if max_pixels is KEEP else max_pixels,
         }
     else:
         chosen = {
             "max_side": stored.get("max_side") if max_side is KEEP else max_side,
             "resample": stored.get("resample") if resample is KEEP else resample,
         }
+        old_pixels = stored.get("max_pixels") or DEFAULT_MAX_PIXELS
+        if max_pixels is KEEP or max_pixels == old_pixels:
+            chosen["max_pixels"] = old_pixels
+        elif not rebuild:
+            raise SettingsMismatchError(
+                f"cache '{output}' was built with max_pixels={old_pixels}, this writer asks "
+                f"max_pixels={max_pixels}; add rebuild=True to rebuild it with the new ceiling"
+            )
+        else:
+            chosen["max_pixels"] = max_pixels
         for name in ("max_side", "resample"):
             if not rebuild and chosen[name] != stored.get(name):
                 raise SettingsMismatchError(

@@ -20,6 +20,7 @@ from .errors import (
     StoreDamagedError,
     damaged,
 )
+from .extents import ExtentError, Tree, describe
 from .schema import (
     DATABASES,
     DB_FAILURES,
@@ -29,6 +30,7 @@ from .schema import (
     MANIFEST_KEY,
     check_failure,
     check_meta,
+    check_meta_fits,
     decode_key,
     decode_manifest,
     display_key,
@@ -47,9 +49,21 @@ class Snapshot:
     manifest: dict[str, Any]
     tracker: environment.ViewTracker
     started: float
+    tree: Tree
     keys: list[str] | None = None
     metas: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str = ""
+
+    def get(self, db: bytes, ekey: bytes, key: str) -> Any:
+        """The stored value under ``ekey`` (a buffer of the snapshot), or None; its extent is
+        checked first (``extents``), so LMDB never reads past the end of the file.
+
+        Raises:
+            StoreDamagedError: the value would run past the end of data.mdb.
+            lmdb.Error: LMDB reports damage.
+        """
+        guard(self.tree, self.path, db, ekey, key, self.manifest)
+        return self.txn.get(ekey, db=self.dbs[db])
 
     def load_meta(self, key: str, keep: bool = True) -> dict[str, Any]:
         """One record's checked metadata, kept for the snapshot's life unless ``keep`` is False.
@@ -63,7 +77,7 @@ class Snapshot:
         except ValueError:
             raise MissingImageError(key, self.path) from None
         try:
-            raw = self.txn.get(ekey, db=self.dbs[DB_META])
+            raw = self.get(DB_META, ekey, key)
         except lmdb.Error as e:
             raise CorruptRecordError(key, f"LMDB cannot read its metadata ({e})", self.path) from e
         if raw is None:
@@ -79,17 +93,22 @@ class Snapshot:
                     self.path,
                 ) from None
         try:
-            meta = check_meta(unseal(raw, ekey))
+            meta = check_meta_fits(check_meta(unseal(raw, ekey)), self.manifest["settings"])
         except ValueError as e:
             raise CorruptRecordError(key, f"metadata: {e}", self.path) from e
         if keep:
+            guard(self.tree, self.path, DB_PIXELS, ekey, key, self.manifest)
             self.metas[key] = meta
         return meta
 
     def stored(self, key: str) -> Any:
         """The stored pixels value of ``key`` (a buffer of the snapshot)."""
+        ekey = encode_key(key)
         try:
-            buf = self.txn.get(encode_key(key), db=self.dbs[DB_PIXELS])
+            if key in self.metas:  # its pixels' page was checked with its metadata
+                buf = self.txn.get(ekey, db=self.dbs[DB_PIXELS])
+            else:
+                buf = self.get(DB_PIXELS, ekey, key)
         except lmdb.Error as e:
             raise CorruptRecordError(key, f"LMDB cannot read its pixels ({e})", self.path) from e
         if buf is None:
@@ -145,8 +164,8 @@ class Snapshot:
             yield bytes(raw_key)
 
     def raw_value(self, database: str | bytes, key: bytes) -> Any:
-        """The stored value under ``key`` in ``database`` (unchecked), or None."""
-        return self.txn.get(key, db=self.dbs[_database(database)])
+        """The stored value under ``key`` in ``database`` (unchecked but its extent), or None."""
+        return self.get(_database(database), key, decode_key(key))
 
     def failures(self) -> list[tuple[str, str]]:
         """``(key, reason)`` of every failures entry, sorted.
@@ -156,7 +175,15 @@ class Snapshot:
         """
         out = []
         try:
-            for raw_key, value in self.txn.cursor(db=self.dbs[DB_FAILURES]):
+            # Keys first, then each value through its extent check (a cursor walking the
+            # values would let LMDB touch them unchecked).
+            raw_keys = [bytes(k) for k in self.txn.cursor(db=self.dbs[DB_FAILURES]).iternext(
+                keys=True, values=False
+            )]  # fmt: skip
+            for raw_key in raw_keys:
+                value = self.get(DB_FAILURES, raw_key, decode_key(raw_key))
+                if value is None:
+                    continue
                 try:
                     entry = check_failure(unseal(value, bytes(raw_key)))
                 except ValueError as e:
@@ -190,8 +217,28 @@ def verify_structure(path: str, shared: environment.SharedEnv) -> None:
     shared.verified = True
 
 
-def open_snapshot(path: str, shared: environment.SharedEnv, txn: lmdb.Transaction) -> Snapshot:
-    """The store's databases and checked manifest as seen by the read transaction ``txn``.
+def guard(
+    tree: Tree, path: str, db: bytes, ekey: bytes, key: str, manifest: dict[str, Any] | None
+) -> None:
+    """Raise unless LMDB can read ``ekey`` of ``db`` without touching bytes past the file.
+
+    Raises:
+        StoreDamagedError: naming the store, the key and the rebuild command.
+    """
+    try:
+        tree.check(db, ekey)
+    except ExtentError as e:
+        root = (manifest or {}).get("source_root") or "SRC"
+        fix = f"rebuild it with 'build-cache {root} -o {path} --rebuild'"
+        raise StoreDamagedError(describe(e, path, db, display_key(key), fix)) from None
+
+
+def open_snapshot(
+    path: str, shared: environment.SharedEnv, txn: lmdb.Transaction
+) -> Snapshot | None:
+    """The store's databases and checked manifest as seen by the read transaction ``txn``;
+    None when the meta page of ``txn`` was overwritten by two commits since it began (begin
+    another transaction).
 
     Raises:
         NotACacheError: an LMDB store that is not an image cache.
@@ -199,11 +246,18 @@ def open_snapshot(path: str, shared: environment.SharedEnv, txn: lmdb.Transactio
         FormatVersionError: a format this version does not read.
     """
     try:
+        tree = shared.extents.tree(txn.id())
+    except ExtentError as e:
+        raise StoreDamagedError(f"cache '{path}' is damaged: {e}") from None
+    if tree is None:
+        return None
+    try:
         dbs = {
             name: shared.env.open_db(name, txn=txn, create=False)
             for name in (DB_MANIFEST, DB_META, DB_PIXELS, DB_FAILURES)
         }
         odd = {name: foreign_flags(dict(db.flags())) for name, db in dbs.items()}
+        guard(tree, path, DB_MANIFEST, MANIFEST_KEY, "manifest", None)
         raw = txn.get(MANIFEST_KEY, db=dbs[DB_MANIFEST])
     except lmdb.NotFoundError:
         raise NotACacheError(
@@ -228,7 +282,7 @@ def open_snapshot(path: str, shared: environment.SharedEnv, txn: lmdb.Transactio
         )
     manifest = decode_manifest(raw, path)
     return Snapshot(
-        txn, dbs, manifest, environment.ViewTracker(shared), time.monotonic(), path=path
+        txn, dbs, manifest, environment.ViewTracker(shared), time.monotonic(), tree, path=path
     )
 
 

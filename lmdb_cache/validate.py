@@ -38,6 +38,7 @@ from .errors import (
     FormatVersionError,
     ImageDecodeError,
     NotACacheError,
+    StoreDamagedError,
     TruncatedStoreError,
 )
 from .images import read_source, scan_images
@@ -50,6 +51,7 @@ from .schema import (
     SOURCE_FIELDS,
     check_failure,
     check_meta,
+    check_meta_fits,
     decode_key,
     display_key,
     key_problem,
@@ -311,6 +313,8 @@ class _RecordWalk:
             return self.reader.raw_value(db, raw_key), None
         except lmdb.Error as e:
             return None, f"{type(e).__name__}: {e}"
+        except StoreDamagedError as e:  # its page would make LMDB read past the file
+            return None, str(e)
 
     def _check_meta(self, raw_key: bytes) -> None:
         key = decode_key(raw_key)
@@ -327,7 +331,8 @@ class _RecordWalk:
             self.metas[key] = {}
             return
         try:
-            self.metas[key] = check_meta(unseal(raw, raw_key))
+            meta = check_meta(unseal(raw, raw_key))
+            self.metas[key] = check_meta_fits(meta, self.reader.info["settings"])
         except ValueError as e:
             self.problem("corrupt-meta", key, f"{key}: metadata is corrupt: {e}")
             self.metas[key] = {}

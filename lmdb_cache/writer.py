@@ -43,6 +43,7 @@ from .schema import (
     encode_key,
     has_source,
     key_problem,
+    pixel_ceiling,
 )
 from .settings import (
     KEEP,
@@ -100,6 +101,12 @@ class CacheWriter:
         errors: ``"raise"`` (default): a file that cannot be decoded raises
             :class:`ImageDecodeError` (from the ``add`` that stores it, or from ``close``);
             ``"record"``: it is listed in the store's failures and in ``result.failures``.
+        max_pixels: The most pixels (raw width x height) an image may have; readers refuse
+            a record claiming more as damage, which bounds the memory a forged record can
+            make them allocate. Default: the store's, else Pillow's decompression-bomb limit
+            (``schema.DEFAULT_MAX_PIXELS``, 178,956,970). Pillow's own limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) still applies to files: raise both to store
+            larger scans. Another ceiling than the store's needs ``rebuild``.
         commit_bytes, commit_images: A transaction is committed once it holds this many
             pixel bytes or images.
         progress: Told of each record stored (``start`` is the caller's to call).
@@ -122,6 +129,7 @@ class CacheWriter:
         rebuild: bool = False,
         workers: int | None = 1,
         errors: str = "raise",
+        max_pixels: int = KEEP,
         commit_bytes: int = 256 << 20,
         commit_images: int = 256,
         progress: Progress | None = None,
@@ -130,7 +138,7 @@ class CacheWriter:
         self._started = time.perf_counter()
         self.path = os.fspath(path)
         workers = (os.cpu_count() or 1) if workers is None else workers
-        check_arguments(max_side, resample, workers, codec, level)
+        check_arguments(max_side, resample, workers, codec, level, max_pixels)
         if errors not in ("raise", "record"):
             raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
         check_output(self.path)
@@ -150,17 +158,21 @@ class CacheWriter:
             self._pool = start_pool(workers)
             self._lock.acquire()
             remove_stale_rebuilds(self.path)
-            self._open((max_side, resample, codec, level), rebuild, source_root)
+            self._open((max_side, resample, codec, level), rebuild, source_root, max_pixels)
         except BaseException:
             self._abandon()
             raise
 
-    def _open(self, asked: tuple[Any, Any, Any, Any], rebuild: bool, root: Any) -> None:
+    def _open(
+        self, asked: tuple[Any, Any, Any, Any], rebuild: bool, root: Any, max_pixels: Any
+    ) -> None:
         replacing = rebuild and store_exists(self.path)
         self._store, existing = (None, None) if replacing else open_existing(self.path)
         stored = stored_settings(self.path) if replacing else (existing or {}).get("settings")
         warnings = self.result.warnings
-        self.settings = choose_settings(asked, stored, rebuild, replacing, self.path, warnings)
+        self.settings = choose_settings(
+            asked, stored, rebuild, replacing, self.path, warnings, max_pixels
+        )
         self.result.settings = self.settings
         if replacing:
             self._target = rebuild_dir(self.path)
@@ -168,7 +180,13 @@ class CacheWriter:
             self._store = WriteStore(self._target)
         root = None if root is None else os.fspath(root)
         manifest = start_manifest(self._store, self.settings, existing, root, warnings)
-        metas, self._records, failed = stored_records(self._store)
+        metas, self._records, failed = stored_records(self._store, manifest["settings"])
+        if len(metas) < len(self._records):
+            warnings.append(
+                f"{len(self._records) - len(metas)} record(s) of '{self.path}' are damaged "
+                "(metadata that fails its checks, or half a record) and are not kept; a "
+                "build decodes their sources again"
+            )
         self._metas: dict[str, dict] = metas
         self._batch = Batch(self._store, manifest, failed)
         self._batch.sizes = {key: meta["nbytes"] for key, meta in metas.items()}
@@ -333,6 +351,7 @@ class CacheWriter:
             known_sha256,
             self.settings["codec"],
             self.settings["level"] or 0,
+            pixel_ceiling(self.settings),
         )
         if self._pool is None:
             self._queue(decode_task(path, key, *options), extra)
@@ -400,6 +419,12 @@ class CacheWriter:
     def _array_outcome(self, key: str, image: Any) -> tuple[Any, ...]:
         pixels, mode = to_rgb_array(image)
         height, width = pixels.shape[:2]
+        ceiling = pixel_ceiling(self.settings)
+        if width * height > ceiling:
+            raise ValueError(
+                f"image {display_key(key)!r} is {width}x{height} = {width * height} pixels, over "
+                f"the store's ceiling of {ceiling} (max_pixels)"
+            )
         capped = cap_pixels(pixels, self.settings["max_side"], self.settings["resample"])
         if capped is pixels or np.shares_memory(capped, image):
             capped = capped.copy()  # the caller may change its array before the commit

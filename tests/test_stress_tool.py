@@ -84,5 +84,15 @@ def test_quick_run_meets_every_criterion(tmp_path):
     ]
     assert code == 0, "\n".join(failed)
     assert sorted(report["scenarios"]) == sorted(
-        ["kills", "readers", "flips", "truncate", "crafted", "concurrent", "epochs"]
+        [
+            "kills",
+            "readers",
+            "flips",
+            "truncate",
+            "crafted",
+            "nodes",
+            "forged",
+            "concurrent",
+            "epochs",
+        ]
     )

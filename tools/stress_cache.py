@@ -46,6 +46,18 @@ Scenarios, with their time on sroie-dev (105 receipts, ``--max-side 512``, 2-cor
   a Timestamp, an extension type, deep nesting, format versions 1 and 99, lying sizes, a
   non-UTF-8 key, wrong things in place of the folder or of ``data.mdb``...), each given to
   ``validate-cache``, ``cache-info`` and ``open_cache()`` reading every record.
+* ``nodes`` (~0.4 s a flip, two at a time): every byte of the header of the first node of
+  every leaf page of the ``pixels`` database (size ``lo``/``hi``, ``flags``, ``ksize``),
+  XORed with 0x01 and 0xFF, in a raw and a zstd store, and the size bytes of the ``meta``
+  database's first nodes: each flipped store is read whole in a fresh process (every record
+  owned and as a view, each checked against its CRC-32) and given to ``validate-cache``. Every
+  read must raise a ``CacheError`` or give pixels matching their checksum; no signal anywhere
+  (a size running past the file used to end the reader by SIGBUS inside py-lmdb's ``get``).
+* ``forged`` (~2 s a case): sealed metadata the store's settings could not have produced
+  (sides of 2^18 with and without an agreeing raw size, a 98 KB zstd frame declaring 65536 x
+  16384 pixels, swapped sides, ``scale_x=1e-300``, a size off the cap's rounding, a manifest
+  ceiling past the format's): ``validate-cache``, a reader and ``lmdb-cache copy`` must each
+  exit 1 naming the store, with a peak resident memory under 1 GiB.
 * ``concurrent`` (~9 s a trial): two ``build-cache`` on one output with different
   ``--max-side`` started together (fresh; both ``--rebuild``; an update against a rebuild):
   one must exit 2 naming the other's pid (or they serialize) and the store is never mixed.
@@ -55,8 +67,9 @@ Scenarios, with their time on sroie-dev (105 receipts, ``--max-side 512``, 2-cor
   (the reader's own environment) at most 2 x workers + 4, and ``data.mdb`` at most 1.25 x
   its largest size over the first tenth of the epochs + 8 MiB.
 
-``all`` runs them in that order: 16 minutes at the release sizes (kills 7, epochs 6, flips 1.2,
-readers 1.1, concurrent 0.9, truncate and crafted 0.2), about 30 s with ``--quick``. Scratch
+``all`` runs them in that order: about 20 minutes at the release sizes (kills 7, epochs 6,
+nodes 2-3, flips 1.2, readers 1.1, concurrent 0.9, truncate, crafted and forged 0.2 each),
+about 80 s with ``--quick``. Scratch
 files go to ``--work`` (kept) or to a temporary folder (removed).
 
 The code lives in ``tools/stress/``: ``cli`` (options, order, report), ``common`` (processes,

@@ -49,3 +49,19 @@ decoding.decode_bytes = decode_slowly
 build_cache(sys.argv[1], sys.argv[2], max_side=int(sys.argv[3]), workers=1, commit_images=4,
             rebuild=sys.argv[5:] == ["rebuild"])
 """
+
+
+def bomb_frame(nbytes: int) -> bytes:
+    """A valid Zstandard frame of ``nbytes`` zero bytes built by hand from RLE blocks: 4 bytes
+    per 128 KiB, so 3.2 GB fit in about 100 KB (RFC 8878: magic, a frame header descriptor
+    with an 8-byte content size and a single segment, then 3-byte block headers
+    ``last | type << 1 | size << 3`` with type 1, RLE, each followed by its one byte)."""
+    block = 128 << 10
+    out = bytearray(struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", nbytes))
+    left = nbytes
+    while left:
+        size = min(block, left)
+        left -= size
+        header = int(left == 0) | 1 << 1 | size << 3
+        out += header.to_bytes(3, "little") + b"\x00"
+    return bytes(out)

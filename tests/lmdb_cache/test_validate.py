@@ -212,29 +212,32 @@ def _with_side(meta: dict, side: int) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("side", "kind"),
-    [(MAX_SIDE, "size-mismatch"), (MAX_SIDE + 1, "corrupt-meta"), (10**9, "corrupt-meta")],
+    ("side", "reason"),
+    [
+        (MAX_SIDE, "does not follow from raw size 120x80"),  # the schema's largest side
+        (MAX_SIDE + 1, f"outside 1..{MAX_SIDE}"),
+        (10**9, f"outside 1..{MAX_SIDE}"),
+    ],
     ids=["largest-legal-side", "one-more", "absurd"],
 )
-def test_huge_size_in_metadata_is_reported(tiny_cache, side, kind):
+def test_huge_size_in_metadata_is_reported(tiny_cache, side, reason):
     put_raw(
         tiny_cache,
         b"meta",
         b"a.jpg",
         sealed(_with_side(stored_meta(tiny_cache, "a.jpg"), side), b"a.jpg"),
     )
-    found = [problem for problem in problems(validate_cache(tiny_cache)) if problem[1] == "a.jpg"]
-    assert found == [(kind, "a.jpg")]
+    report = validate_cache(tiny_cache)
+    found = [(p.kind, p.key) for p in report.problems if p.key == "a.jpg"]
+    assert found == [("corrupt-meta", "a.jpg")]
+    assert reason in next(p.message for p in report.problems if p.key == "a.jpg")
 
 
 def test_size_that_disagrees_with_the_bytes_is_reported_once(tiny_cache):
     meta = stored_meta(tiny_cache, "a.jpg")  # 120 x 80 in truth
-    put_raw(
-        tiny_cache,
-        b"meta",
-        b"a.jpg",
-        sealed({**meta, "width": 60, "nbytes": 60 * 80 * 3}, b"a.jpg"),
-    )
+    # A raw size that agrees with the forged size: the metadata alone is consistent.
+    forged = {**meta, "width": 60, "raw_width": 60, "nbytes": 60 * 80 * 3}
+    put_raw(tiny_cache, b"meta", b"a.jpg", sealed(forged, b"a.jpg"))
     assert problems(validate_cache(tiny_cache)) == [("size-mismatch", "a.jpg")]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lmdb_cache.images import scan_images
 
+from .adversary import role_nodes, role_peak, scenario_forged, scenario_nodes
 from .common import BIN, ROOT, Ctx, Outcome, log, short
 from .concurrent_builds import scenario_concurrent
 from .damage import scenario_crafted, scenario_truncate
@@ -29,7 +30,17 @@ from .readers import role_readers, scenario_readers
 from .report import describe_machine, summary
 from .roles import role_build, role_pixels, role_read, role_refs
 
-SCENARIOS = ("kills", "readers", "flips", "truncate", "crafted", "concurrent", "epochs")
+SCENARIOS = (
+    "kills",
+    "readers",
+    "flips",
+    "truncate",
+    "crafted",
+    "nodes",
+    "forged",
+    "concurrent",
+    "epochs",
+)
 FULL = dict(
     max_side=512, kills=60, flips=500, epochs=2000, workers=8, concurrent=6, reader_seconds=60.0
 )
@@ -43,6 +54,8 @@ ROLES = {
     "_read": role_read,
     "_readers": role_readers,
     "_epochs": role_epochs,
+    "_nodes": role_nodes,
+    "_peak": role_peak,
 }
 RUNNERS = {
     "kills": scenario_kills,
@@ -50,6 +63,8 @@ RUNNERS = {
     "flips": scenario_flips,
     "truncate": scenario_truncate,
     "crafted": scenario_crafted,
+    "nodes": scenario_nodes,
+    "forged": scenario_forged,
     "concurrent": scenario_concurrent,
     "epochs": scenario_epochs,
 }

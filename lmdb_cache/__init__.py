@@ -4,13 +4,18 @@ Build one from a folder with ``build-cache SRC`` (or :func:`build_cache`), or wr
 yourself with :class:`CacheWriter`; read it with :func:`open_cache`, check it with
 ``validate-cache`` (or :func:`validate_cache`). Coordinates: :mod:`lmdb_cache.geometry`;
 a PyTorch dataset: :mod:`lmdb_cache.torch` (the only module that imports torch).
+
+The package is five rooms, each imported through the names below (never directly by users):
+``format`` (the on-disk contract), ``read``, ``write``, ``check`` and ``cli``; the modules
+beside them (errors, geometry, images, annotations, draw, reporting) serve all five.
 """
 
-__version__ = "0.1.0"
-
-from .build import build_cache  # noqa: E402
-from .copy import CopyResult, copy_cache  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .check.copy import CopyResult, copy_cache
+from .check.findings import Finding, ValidationReport
+from .check.freshness import changed_sources
+from .check.validate import validate_cache
+from .errors import (
     BuildLockedError,
     CacheError,
     CacheNotFoundError,
@@ -25,12 +30,12 @@ from .errors import (  # noqa: E402
     StoreDamagedError,
     TruncatedStoreError,
 )
-from .images import DecodedImage, decode_file  # noqa: E402
-from .reader import CacheReader, open_cache  # noqa: E402
-from .records import Record  # noqa: E402
-from .schema import FORMAT_VERSION  # noqa: E402
-from .validate import ValidationReport, validate_cache  # noqa: E402
-from .writer import BuildResult, CacheWriter  # noqa: E402
+from .format.versions import FORMAT_VERSION
+from .images import DecodedImage, decode_file
+from .read.reader import CacheReader, open_cache
+from .read.records import Record
+from .write.build import build_cache
+from .write.writer import BuildResult, CacheWriter
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,6 +49,7 @@ __all__ = [
     "CorruptRecordError",
     "DecodedImage",
     "DiskFullError",
+    "Finding",
     "FormatVersionError",
     "ImageDecodeError",
     "MissingImageError",
@@ -55,6 +61,7 @@ __all__ = [
     "TruncatedStoreError",
     "ValidationReport",
     "build_cache",
+    "changed_sources",
     "copy_cache",
     "decode_file",
     "open_cache",

@@ -10,7 +10,7 @@ dataset) asks for it, so both produce the same pixels:
 
 Sources are read by :func:`read_source`, which refuses anything but a regular file (a FIFO
 named ``x.jpg`` would otherwise block a build forever), and an image with a side longer than
-the cache format holds (:data:`~lmdb_cache.schema.MAX_SIDE`) is refused before its pixels are
+the cache format holds (:data:`~lmdb_cache.format.schema.MAX_SIDE`) is refused before its pixels are
 decoded.
 
 Mode rule (``to_rgb``):
@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError
+from .format.schema import MAX_SIDE
 from .geometry import capped_size, upright_size
-from .schema import MAX_SIDE
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -229,7 +229,8 @@ def to_rgb_array(image: Any) -> tuple[np.ndarray, str]:
 
     Raises:
         TypeError: not a numpy uint8 array.
-        ValueError: another shape, or a side of 0 or over :data:`~lmdb_cache.schema.MAX_SIDE`.
+        ValueError: another shape, or a side of 0 or over
+            :data:`~lmdb_cache.format.schema.MAX_SIDE`.
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         found = f"{image.dtype} array" if isinstance(image, np.ndarray) else type(image).__name__
@@ -352,7 +353,7 @@ def decode_bytes(
     Raises:
         ImageDecodeError: the bytes are not a decodable image, are truncated, exceed Pillow's
             decompression-bomb limit or ``max_pixels``, or have a side longer than the cache
-            format's :data:`~lmdb_cache.schema.MAX_SIDE`.
+            format's :data:`~lmdb_cache.format.schema.MAX_SIDE`.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:

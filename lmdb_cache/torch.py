@@ -33,7 +33,7 @@ except ImportError as e:  # a light install: lmdb_cache alone does not need torc
     ) from e
 
 from .errors import MissingImageError
-from .reader import open_cache
+from .read.reader import open_cache
 
 
 class CacheDataset(Dataset):

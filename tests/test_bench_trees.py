@@ -18,13 +18,15 @@ def test_one_pair_of_this_tree_against_itself_reports_every_measure(tmp_path, ca
     generate(tmp_path / "img", count=3, seed=4, scale=0.3)
     out = tmp_path / "trees.json"
     argv = [str(ROOT), str(ROOT), "--images", str(tmp_path / "img"), "--pairs", "1"]
+    argv += ["--annotations", str(tmp_path / "img.json")]
     assert main([*argv, "--passes", "2", "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"build", "read-raw", "read-zstd"}
+    assert set(results) == {"build", "read-raw", "read-zstd", "loader"}
     for measures in results.values():
         for figures in measures.values():
             assert figures["old"]["median"] > 0 and figures["new"]["median"] > 0
     assert set(results["read-raw"]) == {"first pass us", "owned read us", "view us", "read_into us"}
+    assert set(results["loader"]) == {"val epoch s", "read ms", "transform ms"}
     assert "read-zstd: view us" in capsys.readouterr().out
 
 

@@ -93,7 +93,7 @@ def _one_cap(images: Path, cap: int | None, scratch: Path, args: argparse.Namesp
 
 
 def _report(rows: list[dict], args: argparse.Namespace) -> None:
-    from lmdb_cache.codecs import DEFAULT_LEVEL
+    from lmdb_cache.format.codecs.zstd import DEFAULT_LEVEL
 
     level = args.level if args.level is not None else DEFAULT_LEVEL
     print(f"\nzstd level {level}, {args.repeat} timed passes per variant (median, range)\n")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_one_cap(args.images, cap, scratch, args) for cap in caps]
     _report(rows, args)
     if args.json is not None:
-        from lmdb_cache.codecs import DEFAULT_LEVEL
+        from lmdb_cache.format.codecs.zstd import DEFAULT_LEVEL
 
         level = args.level if args.level is not None else DEFAULT_LEVEL
         args.json.write_text(json.dumps({"level": level, "rows": rows}, indent=2) + "\n")

@@ -12,10 +12,15 @@ each pair (median and range). Run it alone on the machine: anything beside it mo
   and then, after one untimed pass, the median per read of ``--passes`` passes of
   ``reader[key]`` (owned copy), ``reader.view(key)`` (zero copy; a decompression for zstd)
   and ``reader.read_into(key, slot)`` (one reused array).
+* ``loader``: each tree's own ``tools/bench_loader.py --split val --sources cache --pipelines
+  new`` (annotations from ``--annotations``): the validation epoch of 2 DataLoader workers
+  from a store capped at 640, and the per-sample read and transform stages.
 
     git worktree add /tmp/old-tree 64fb768
+    python tools/convert_icdar.py ../shared/data/sroie-dev/box data/sroie.json \\
+        --images ../shared/data/sroie-dev/img
     python tools/bench_trees.py /tmp/old-tree . --images ../shared/data/sroie-dev/img \\
-        --pairs 5 --json docs/bench_trees.json
+        --annotations data/sroie.json --pairs 5 --json docs/bench_trees.json
 
 Exit status: 0 done, 2 usage error.
 """
@@ -96,6 +101,41 @@ def _run(tree: Path, code: str, *args: object) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
+def _loader(tree: Path, images: Path, annotations: Path, scratch: Path) -> dict[str, float]:
+    out = scratch / "loader.json"
+    command = [
+        sys.executable,
+        str(tree / "tools" / "bench_loader.py"),
+        str(images),
+        str(annotations),
+        "--split",
+        "val",
+        "--sources",
+        "cache",
+        "--pipelines",
+        "new",
+        "--scratch",
+        str(scratch / "loader"),
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(
+        command,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: bench_loader: {done.stderr.strip()[-1500:]}")
+    row = json.loads(out.read_text())["rows"][0]
+    return {
+        "val epoch s": row["epoch_s"],
+        "read ms": row["stages_ms"]["read"],
+        "transform ms": row["stages_ms"]["transform"],
+    }
+
+
 def _stores(new: Path, images: Path, scratch: Path) -> dict[str, Path]:
     code = (
         "import sys\nfrom lmdb_cache import build_cache\n"
@@ -171,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/sroie-dev/img")
     p.add_argument("--pairs", type=int, default=5, help="alternating old/new runs (default 5)")
     p.add_argument("--passes", type=int, default=30, help="timed passes per read (default 30)")
-    p.add_argument("--only", nargs="+", choices=("build", "read-raw", "read-zstd"))
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        default=ROOT / "data" / "sroie.json",
+        help="annotation JSON of --images, for the loader section",
+    )
+    p.add_argument("--only", nargs="+", choices=("build", "read-raw", "read-zstd", "loader"))
     p.add_argument("--json", type=Path, help="write the figures there too")
     args = p.parse_args(argv)
     for tree in (args.old, args.new):
@@ -180,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.images.is_dir():
         p.error(f"'{args.images}' is not a folder of images; pass --images")
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
-    wanted = args.only or ["build", "read-raw", "read-zstd"]
+    wanted = args.only or ["build", "read-raw", "read-zstd", "loader"]
+    if "loader" in wanted and not args.annotations.is_file():
+        p.error(f"'{args.annotations}' is not an annotation file; pass --annotations (or --only)")
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-trees-") as tmp:
@@ -202,6 +250,15 @@ def main(argv: list[str] | None = None) -> int:
                 _pairs(
                     trees,
                     lambda tree, store=store: _run(tree, READ, store, args.passes),
+                    args.pairs,
+                )
+            )
+        if "loader" in wanted:
+            print("loader", file=sys.stderr)
+            results["loader"] = _summary(
+                _pairs(
+                    trees,
+                    lambda tree: _loader(tree, args.images, args.annotations, scratch),
                     args.pairs,
                 )
             )

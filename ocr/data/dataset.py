@@ -9,7 +9,7 @@ same normalization (``lmdb_cache.images``) with the same ``max_side`` and ``resa
 is accepted only if its settings reproduce that image: the same resampling filter, and a cap
 equal to the dataset's ``max_side`` (or no cap at all, in which case the dataset applies the
 cap itself exactly as ``build-cache`` would). It is also refused when annotated source images
-changed since it was built (size or mtime, see ``lmdb_cache.freshness``), since it would serve
+changed since it was built (size or mtime, see ``lmdb_cache.changed_sources``), since it would serve
 their old pixels; ``cache_stale: warn`` serves them with one warning instead.
 """
 
@@ -27,8 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lmdb_cache import MissingImageError, SettingsMismatchError, StaleCacheError, open_cache
-from lmdb_cache.freshness import changed_sources
+from lmdb_cache import (
+    MissingImageError,
+    SettingsMismatchError,
+    StaleCacheError,
+    changed_sources,
+    open_cache,
+)
 from lmdb_cache.geometry import upright_to_pixels
 from lmdb_cache.images import cap_pixels, decode_file
 
@@ -122,7 +127,7 @@ class CacheSource:
         return [key for key in keys if key not in self.reader]
 
     def check_fresh(self, image_path: str | os.PathLike[str], keys: list[str]) -> None:
-        """Refuse a cache whose sources changed since it was built (see ``lmdb_cache.freshness``).
+        """Refuse a cache whose sources changed since it was built (``lmdb_cache.changed_sources``).
 
         Raises:
             StaleCacheError: naming the changed keys and the command that updates the cache.

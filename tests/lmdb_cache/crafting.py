@@ -40,7 +40,8 @@ def put_raw(store: Path, db: bytes, key: bytes, value: bytes | None) -> None:
 # runs: `python -c SLOW_BUILD SRC OUT MAX_SIDE SECONDS [rebuild]`.
 SLOW_BUILD = """
 import sys, time
-from lmdb_cache import build_cache, decoding
+from lmdb_cache import build_cache
+from lmdb_cache.write import decoding
 slow = decoding.decode_bytes
 def decode_slowly(*args, **kwargs):
     time.sleep(float(sys.argv[4]))

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lmdb_cache import build_cache, open_cache
-from lmdb_cache.validate import validate_cache
+from lmdb_cache import build_cache, open_cache, validate_cache
 
 from .test_sources import RATIONAL, _jpeg_with_orientation
 

@@ -18,10 +18,9 @@ import PIL.Image
 import pytest
 from PIL import Image, ImageOps
 
-from lmdb_cache import CacheError, SettingsMismatchError, build_cache, open_cache
-from lmdb_cache import decoding as decoding_module
-from lmdb_cache import store as store_module
-from lmdb_cache.validate import validate_cache
+from lmdb_cache import CacheError, SettingsMismatchError, build_cache, open_cache, validate_cache
+from lmdb_cache.write import decoding as decoding_module
+from lmdb_cache.write import store as store_module
 
 from .conftest import noisy_image, save_image
 

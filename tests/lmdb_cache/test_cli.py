@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from lmdb_cache import estimate
 from lmdb_cache.cli import build_command, cli, info_command, validate_command
+from lmdb_cache.write import estimate
 
 from .conftest import noisy_image, save_image
 

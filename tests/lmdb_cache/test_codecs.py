@@ -12,7 +12,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
-import lmdb_cache.decoding as decoding
+import lmdb_cache.write.decoding as decoding
 from lmdb_cache import (
     CorruptRecordError,
     StoreDamagedError,
@@ -22,7 +22,7 @@ from lmdb_cache import (
     validate_cache,
 )
 from lmdb_cache.cli import build_command, info_command
-from lmdb_cache.schema import DB_META, DB_PIXELS, unseal
+from lmdb_cache.format.schema import DB_META, DB_PIXELS, unseal
 from tools.make_samples import generate
 
 from .crafting import put_raw, sealed

@@ -22,7 +22,7 @@ from lmdb_cache import (
     validate_cache,
 )
 from lmdb_cache.cli import cli
-from lmdb_cache.schema import DB_PIXELS
+from lmdb_cache.format.schema import DB_PIXELS
 
 from .crafting import SLOW_BUILD, put_raw
 

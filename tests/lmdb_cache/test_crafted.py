@@ -17,10 +17,10 @@ from lmdb_cache import (
     NotACacheError,
     build_cache,
     open_cache,
-    schema,
+    validate_cache,
 )
 from lmdb_cache.cli import build_command, info_command, validate_command
-from lmdb_cache.validate import validate_cache
+from lmdb_cache.format import schema
 
 from .crafting import put_raw, sealed
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lmdb_cache.estimate import (
+from lmdb_cache.write.estimate import (
     MIN_DECODED_BYTES,
     MIN_RATIO,
     SizeEstimate,
@@ -122,8 +122,8 @@ def _estimate(decoded: int, source: int, suggested: int, max_side: int | None = 
 def test_warning_names_both_sizes_the_ratio_and_the_cap():
     message = size_warning(_estimate(6_400_000_000, 211_000_000, 420_000_000))
     assert message == (
-        "the decoded store will be about 6.4 GB from 211 MB of sources (30x); to train at 640 px "
-        "(the ocr configs' transform size) build it with --max-side 640: about 420 MB. "
+        "the decoded store will be about 6.4 GB from 211.0 MB of sources (30x); to train at 640 px "
+        "(the ocr configs' transform size) build it with --max-side 640: about 420.0 MB. "
         "Continuing at full size."
     )
 
@@ -164,7 +164,7 @@ def test_thresholds_can_be_given():
 
 @pytest.mark.parametrize(
     ("nbytes", "text"),
-    [(512, "512 B"), (1500, "1.5 KB"), (211_000_000, "211 MB"), (6_400_000_000, "6.4 GB")],
+    [(512, "512 B"), (1500, "1.5 KB"), (211_300_000, "211.3 MB"), (6_400_000_000, "6.4 GB")],
     ids=["bytes", "kilobytes", "megabytes", "gigabytes"],
 )
 def test_human_bytes(nbytes, text):

@@ -25,8 +25,8 @@ from lmdb_cache import (
     build_cache,
     copy_cache,
     open_cache,
+    validate_cache,
 )
-from lmdb_cache.validate import validate_cache
 
 from .crafting import bomb_frame, put_raw, sealed
 
@@ -255,7 +255,7 @@ def test_a_new_store_records_pillows_bomb_limit_as_its_ceiling(tiny_cache):
 
 
 def test_a_store_without_a_recorded_ceiling_reads_with_pillows(tiny_cache):
-    from lmdb_cache.schema import DEFAULT_MAX_PIXELS, pixel_ceiling
+    from lmdb_cache.format.settings import DEFAULT_MAX_PIXELS, pixel_ceiling
 
     assert pixel_ceiling({"max_side": None}) == DEFAULT_MAX_PIXELS == PILLOW_BOMB_LIMIT
 

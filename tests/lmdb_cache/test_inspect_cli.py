@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from lmdb_cache import CacheWriter, build_cache, open_cache
+from lmdb_cache import CacheReader, CacheWriter, build_cache, open_cache
 from lmdb_cache.annotations import AnnotationError, NotAnnotatedError, read_words
 from lmdb_cache.cli import cli
-from lmdb_cache.reader import CacheReader
 
 from .conftest import TINY_SPEC
 from .crafting import put_raw

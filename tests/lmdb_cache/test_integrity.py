@@ -13,9 +13,8 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 
-from lmdb_cache import CorruptRecordError, build_cache, errors, open_cache
+from lmdb_cache import CorruptRecordError, build_cache, errors, open_cache, validate_cache
 from lmdb_cache.cli import validate_command
-from lmdb_cache.validate import validate_cache
 
 from .pages import DataFile, flip, write_at
 

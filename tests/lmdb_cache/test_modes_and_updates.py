@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from lmdb_cache import build_cache, open_cache
-from lmdb_cache import store as store_module
+from lmdb_cache.write import store as store_module
 
 RNG = np.random.default_rng(42)
 RGB = RNG.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lmdb_cache import build_cache, errors, open_cache
+from lmdb_cache import build_cache, errors, open_cache, validate_cache
 from lmdb_cache.cli import build_command
 from lmdb_cache.images import decode_file
-from lmdb_cache.validate import validate_cache
 
 from .crafting import SLOW_BUILD, put_raw, sealed
 from .pages import DataFile, flip

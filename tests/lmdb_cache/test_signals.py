@@ -65,7 +65,8 @@ GROWTH = textwrap.dedent(
 SMALL_MAP_BUILD = textwrap.dedent(
     """
     import sys
-    from lmdb_cache import build_cache, store
+    from lmdb_cache import build_cache
+    from lmdb_cache.write import store
     store.MIN_MAP_SIZE = 1 << 20
     build_cache(sys.argv[1], sys.argv[2], workers=1)
     """

@@ -38,8 +38,7 @@ class Pixels(Dataset):
 
 def _env(reader):
     """The reader's LMDB environment in this process (to look at LMDB's reader table)."""
-    reader.keys()
-    return reader._shared.env
+    return reader.raw.environment()
 
 
 def _slots_used(reader) -> int:
@@ -187,7 +186,7 @@ def test_start_up_check_of_every_record_keeps_no_metadata(many_images, many_cach
     kilobyte per key in the main process of a training run."""
     import tracemalloc
 
-    from lmdb_cache.freshness import changed_sources
+    from lmdb_cache import changed_sources
 
     keys = sorted(p.name for p in many_images.iterdir())
     with open_cache(many_cache) as reader:

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, TiffImagePlugin
 # (AttributeError), and the other tests in this file still run.
 from lmdb_cache import images
 from lmdb_cache.errors import ImageDecodeError
-from lmdb_cache.schema import MAX_SIDE
+from lmdb_cache.format.schema import MAX_SIDE
 
 ORIENTATION = 0x0112
 

@@ -17,8 +17,8 @@ from lmdb_cache import (
     FormatVersionError,
     build_cache,
     open_cache,
+    validate_cache,
 )
-from lmdb_cache.validate import validate_cache
 
 from .conftest import noisy_image, save_image
 from .crafting import put_raw, sealed

@@ -18,7 +18,7 @@ from lmdb_cache import (
     open_cache,
     validate_cache,
 )
-from lmdb_cache.schema import EXTENDED_FORMAT_VERSION, FORMAT_VERSION
+from lmdb_cache.format.versions import EXTENDED_FORMAT_VERSION, FORMAT_VERSION
 
 
 def _array(height: int, width: int, seed: int) -> np.ndarray:

@@ -170,7 +170,7 @@ def _forger(base: Path, key: bytes, change: Any) -> Any:
     def make(store: Path) -> None:
         import lmdb
 
-        from lmdb_cache.schema import MANIFEST_KEY, seal, unseal
+        from lmdb_cache.format.schema import MANIFEST_KEY, seal, unseal
 
         store.mkdir(parents=True)
         shutil.copyfile(base / "data.mdb", store / "data.mdb")

@@ -156,7 +156,7 @@ def _crafted_cases(ctx: Ctx) -> list[tuple[str, str, Maker]]:
     import lmdb
     import msgpack
 
-    from lmdb_cache.schema import MANIFEST_KEY, MAX_SIDE, seal, unseal
+    from lmdb_cache.format.schema import MANIFEST_KEY, MAX_SIDE, seal, unseal
 
     base, key, junk = (
         ctx.base_store(),

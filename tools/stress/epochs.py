@@ -129,7 +129,7 @@ def role_epochs(argv: list[str]) -> int:
         persistent_workers=False,
         collate_fn=_as_list,
     )
-    env = reader._shared.env  # type: ignore[union-attr]  # the reader's own environment
+    env = reader.raw.environment()  # the reader's own environment
     doc: dict[str, Any] = {
         "epochs": 0,
         "error_epochs": 0,

@@ -1,0 +1,9 @@
+"""The read side: readers of a store, one LMDB environment per store per process.
+
+Owns ``reader`` (``CacheReader``, the mapping API), ``handle`` (the process, environment and
+snapshot behind a reader), ``snapshot`` (one read transaction and the one trip of a read),
+``environment`` (per-process environments, reader slots, exit hooks), ``forks`` (the fork
+hooks), ``records`` (``Record``) and ``raw`` (raw access for integrity tools). Imports
+``format`` and the package's shared modules (errors, geometry); never ``write``, ``check`` or
+``cli``.
+"""

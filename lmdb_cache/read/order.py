@@ -1,0 +1,96 @@
+"""Keys in storage order: the positional and streaming half of ``CacheReader``.
+
+Storage order is LMDB's: keys sorted by their UTF-8 bytes. ``reader[int]`` stays a
+``TypeError`` (keyed and positional access are distinct); positions go through
+:meth:`StorageOrder.key_at` and :meth:`StorageOrder.record_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import MissingImageError
+from ..format.schema import decode_key
+from .handle import StoreHandle
+from .records import Record
+
+
+class StorageOrder:
+    """Keys, positions and streams of records for a reader over ``_handle`` (set by it)."""
+
+    _handle: StoreHandle
+    path: str
+
+    def __getitem__(self, key: str) -> Record:
+        raise NotImplementedError  # the reader's keyed read
+
+    def keys(self) -> list[str]:
+        """All image keys, sorted.
+
+        Raises:
+            StoreDamagedError: LMDB cannot walk the metadata database.
+        """
+        return self._handle.snapshot().all_keys()
+
+    def __len__(self) -> int:
+        return self._handle.snapshot().count()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def key_at(self, index: int) -> str:
+        """The key at position ``index`` in storage order (the order of :meth:`keys`: keys
+        sorted by their UTF-8 bytes); negative positions count from the end.
+
+        Raises:
+            TypeError: ``index`` is not an int.
+            IndexError: no such position.
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"a position must be an int, got {type(index).__name__}")
+        keys = self.keys()
+        if not -len(keys) <= index < len(keys):
+            raise IndexError(
+                f"position {index} is outside the {len(keys)} records of cache '{self.path}'"
+            )
+        return keys[index]
+
+    def record_at(self, index: int) -> Record:
+        """``reader[reader.key_at(index)]``: the record at a position in storage order.
+
+        Raises:
+            TypeError, IndexError: see :meth:`key_at`; others: see :meth:`__getitem__`.
+        """
+        return self[self.key_at(index)]
+
+    def iter_keys(self, chunk: int = 1024) -> Iterator[str]:
+        """Every key in storage order, read ``chunk`` at a time (never the whole list at once).
+
+        Each chunk is read from the reader's current snapshot, so a store updated during a
+        long walk shows its new state from the next chunk on: a key is never given twice.
+
+        Raises:
+            StoreDamagedError: LMDB cannot walk the metadata database.
+        """
+        last: bytes | None = None
+        while True:
+            found = self._handle.snapshot().keys_after(last, chunk)
+            yield from (decode_key(k) for k in found)
+            if len(found) < chunk:
+                return
+            last = found[-1]
+
+    def items(self) -> Iterator[tuple[str, Record]]:
+        """``(key, reader[key])`` for every record in storage order, streamed (see
+        :meth:`iter_keys`): one owned image at a time.
+
+        Raises:
+            See :meth:`iter_keys` and :meth:`__getitem__`.
+        """
+        for key in self.iter_keys():
+            try:
+                yield key, self[key]
+            except MissingImageError:
+                continue  # removed by an update since its chunk was listed

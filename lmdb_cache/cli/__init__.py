@@ -2,9 +2,10 @@
 ``cache-info`` and the ``lmdb-cache`` group (``build``, ``validate``, ``info``, ``copy``,
 ``ls``, ``show``).
 
-``commands`` holds the group and the commands that build, validate, describe and copy a store;
-``inspect`` the ones that look inside (``ls``, ``show``); ``progress`` what they share (the
-progress bar, JSON output, usage errors). It may import every other room.
+``build`` holds ``build-cache``; ``commands`` the group and the commands that validate,
+describe and copy a store; ``inspect`` the ones that look inside (``ls``, ``show``);
+``progress`` what they share (the progress bar, JSON output, usage errors). It may import
+every other room.
 """
 
 from .commands import (

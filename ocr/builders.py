@@ -1,5 +1,9 @@
 """What a config describes, built: datasets and loaders, normalizer, post-processing, optimizer,
-LR schedule, device and process group. ``ocr.pipeline`` runs them."""
+LR schedule, device and process group. ``ocr.pipeline`` runs them.
+
+Each builder takes a checked config (``ocr.config.check_config``): complete, every key there,
+so a key is read as ``config["trainer"]["seed"]`` and no default is repeated here.
+"""
 
 from __future__ import annotations
 
@@ -41,27 +45,25 @@ def build_eval_loader(
 
 
 def build_normalizer(config: dict[str, Any], device: torch.device) -> DeviceNormalizer:
-    norm = config.get("normalization") or {}
-    kwargs = {k: norm[k] for k in ("mean", "std") if k in norm}
-    return DeviceNormalizer(device, **kwargs)
+    norm = config["normalization"]
+    return DeviceNormalizer(device, mean=norm["mean"], std=norm["std"])
 
 
 def build_postprocess(config: dict[str, Any]) -> DBPostProcess:
-    cfg = dict(config.get("postprocess") or {})
-    # The inverse unclip undoes the targets' shrink, so it takes their ratio unless told.
-    cfg.setdefault("shrink_ratio", (config.get("targets") or {}).get("shrink_ratio", 0.4))
+    cfg = dict(config["postprocess"])
+    if cfg["shrink_ratio"] is None:
+        # The inverse unclip undoes the targets' shrink, so it takes their ratio unless told.
+        cfg["shrink_ratio"] = config["targets"]["shrink_ratio"]
     return DBPostProcess(**cfg)
 
 
 def build_optimizer(config: dict[str, Any], params: Any) -> torch.optim.Optimizer:
-    cfg = dict(section(config, "optimizer"))
-    name = cfg.pop("name", "adam")
-    lr = float(cfg.get("lr", 1e-3))
-    decay = float(cfg.get("weight_decay", 0.0))
+    cfg = section(config, "optimizer")
+    name, lr, decay = cfg["name"], float(cfg["lr"]), float(cfg["weight_decay"])
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=decay)
     if name == "sgd":
-        momentum = float(cfg.get("momentum", 0.9))
+        momentum = float(cfg["momentum"])
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
     raise ConfigError(f"optimizer.name {name!r} is not known; use adam or sgd")
 
@@ -69,24 +71,21 @@ def build_optimizer(config: dict[str, Any], params: Any) -> torch.optim.Optimize
 def build_scheduler(
     config: dict[str, Any], optimizer: torch.optim.Optimizer, total_steps: int
 ) -> Any:
-    cfg = config.get("scheduler") or {"name": "constant"}
-    name = cfg.get("name", "constant")
+    cfg = config["scheduler"]
+    name = cfg["name"]
     if name == "constant":
         return None
     if name == "poly":
-        factor = poly_schedule(
-            total_steps, float(cfg.get("power", 0.9)), int(cfg.get("warmup_steps", 0))
-        )
+        factor = poly_schedule(total_steps, float(cfg["power"]), cfg["warmup_steps"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     raise ConfigError(f"scheduler.name {name!r} is not known; use poly or constant")
 
 
 def setup_run(config: dict[str, Any]) -> tuple[DistInfo, torch.device, dict[str, Any]]:
     trainer = section(config, "trainer")
-    threads = trainer.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    if trainer["threads"]:
+        torch.set_num_threads(trainer["threads"])
     info = dist_info_from_env()
-    device = resolve_device(trainer.get("device"), info)
+    device = resolve_device(trainer["device"], info)
     init_process_group(info, device)
     return info, device, trainer

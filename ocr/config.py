@@ -7,7 +7,8 @@ the base is read first and the file's own keys are merged into it, mapping by ma
 
 Once the overrides are applied, every key is checked for its type and range
 (``ocr.config_schema``): a bad value or an unknown key is a ``ConfigError`` naming the key path,
-the value and what is allowed (for an unknown key, the closest known one).
+the value and what is allowed (for an unknown key, the closest known one). The checked config
+is complete: every key left out holds its default, declared once in the schema.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def check_config(config: dict[str, Any], source: str = "config") -> dict[str, An
     """Check every key of ``config`` for its type and range (``ocr.config_schema``).
 
     Returns:
-        A copy, with numbers that YAML left as text (``lr: 1e-3``) made numbers.
+        A copy, with numbers that YAML left as text (``lr: 1e-3``) made numbers and every key
+        it leaves out set to its default (``ocr.config_schema.complete``): the code that reads
+        it indexes keys. A section a run needs (``trainer``, ``model``, ...) that the config
+        leaves out stays out, for the run to report.
 
     Raises:
         InvalidConfigError: one line per problem, naming the key path, the value and what is

@@ -143,6 +143,7 @@ def _bar(total: int, desc: str, enabled: bool) -> tqdm:
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
+    *,
     loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -155,7 +156,25 @@ def train_one_epoch(
 ) -> PhaseStats:
     """One pass over ``loader`` with an optimizer step per batch.
 
-    Returns the stats of this rank's pass, with the loss averaged over all ranks' images.
+    Args:
+        model: The model to train (wrapped in DistributedDataParallel under torchrun).
+        loader: Batches with DBNet targets.
+        loss_fn: ``loss_fn(pred, targets) -> (loss, parts)`` (``ocr.losses.DBLoss``).
+        optimizer: Stepped once per batch.
+        scheduler: Stepped once per batch after the optimizer; None for a constant LR.
+        normalizer: Moves each uint8 batch to ``device``, normalized.
+        device: Where the model is.
+        info: This process's rank and world size.
+        amp: bf16 autocast for the forward pass.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+
+    Returns:
+        The stats of this rank's pass, with the loss averaged over all ranks' images.
+
+    Raises:
+        ValueError: a batch without targets.
+        FloatingPointError: the loss became NaN or infinite.
     """
     model.train()
     stats = PhaseStats()
@@ -202,6 +221,7 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module,
     loader: DataLoader,
+    *,
     normalizer: DeviceNormalizer,
     post: DBPostProcess,
     device: torch.device,
@@ -216,6 +236,20 @@ def evaluate(
 
     Under ``torchrun`` each rank evaluates its shard (``ShardSampler``); per-image counts are
     gathered and summed on every rank, so the metrics equal a single-process evaluation.
+
+    Args:
+        model: The model (left in the training mode it had).
+        loader: This rank's batches.
+        normalizer: Moves each uint8 batch to ``device``, normalized.
+        post: Turns probability maps into detections in the upright frame.
+        device: Where the model is.
+        info: This process's rank and world size.
+        iou_threshold: The IoU from which a detection matches a true box (``metric``).
+        amp: bf16 autocast for the forward pass.
+        progress: Show a progress bar.
+        keep_predictions: Also return every image's detections and ground truth, gathered
+            from all ranks.
+        desc: The progress bar's label.
     """
     was_training = model.training
     model.eval()

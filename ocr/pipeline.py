@@ -2,7 +2,8 @@
 
 A training run writes into ``trainer.output_dir``:
 
-* ``config.yaml``: the resolved config (file, ``_base_`` chain and overrides merged);
+* ``config.yaml``: the resolved config (file, ``_base_`` chain and overrides merged, every
+  key left out set to its default);
 * ``log.jsonl``: one JSON record per epoch (loss, timing, metrics);
 * ``last.pt`` every epoch and ``best.pt`` at the best validation H-mean: resumable
   checkpoints (``trainer.resume=runs/x/last.pt``);
@@ -49,6 +50,7 @@ from .checkpoint import (
 )
 from .config import check_config, config_changes
 from .config_schema import SPLITS as SPLITS  # the datasets a config may hold
+from .config_schema import complete
 from .data.dataset import OCRDataset
 from .data.loader import build_dataset, build_loader
 from .data.normalize import DeviceNormalizer
@@ -179,7 +181,7 @@ def _train(
 ) -> dict[str, Any]:
     """Train and validate epoch by epoch (after a resume, from the checkpoint's epoch on)."""
     run, state = _prepare(config, info, device, trainer, progress, echo, saved)
-    val_every = int(trainer.get("val_every", 1))
+    val_every = trainer["val_every"]
     for epoch in range(state.start_epoch, run.epochs):
         record, line = _train_epoch(run, epoch)
         if epoch + 1 == run.epochs or (val_every > 0 and (epoch + 1) % val_every == 0):
@@ -201,18 +203,18 @@ def _prepare(
 ) -> tuple[_Run, _RunState]:
     """Seed, build the loaders, model, optimizer and schedule, restore ``trainer.resume``,
     wrap the model for DDP under torchrun, and (rank 0) start the output folder."""
-    resume = trainer.get("resume")
+    resume = trainer["resume"]
     if resume and saved is None:
         saved = load_checkpoint(resume)  # a wrong path fails before any work
     elif not resume:
         saved = None
-    seed = int(trainer.get("seed", 0))
+    seed = trainer["seed"]
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    epochs = int(trainer.get("epochs", 1))
-    amp = bool(trainer.get("amp", False))
-    out_dir = Path(trainer.get("output_dir") or "runs/dbnet")
+    epochs = trainer["epochs"]
+    amp = trainer["amp"]
+    out_dir = Path(trainer["output_dir"])
     say = echo if info.is_main else (lambda _: None)
     # Data before model, the order seeded runs have always used: the initial weights are drawn
     # from the seeded RNG after the datasets are built.
@@ -232,7 +234,7 @@ def _prepare(
         net=learner.model,
         normalizer=build_normalizer(config, device),
         post=build_postprocess(config),
-        iou=float((config.get("metric") or {}).get("iou_threshold", 0.5)),
+        iou=float(config["metric"]["iou_threshold"]),
     )
     state = _restore(run, resume, saved) if saved is not None and resume else _RunState()
     if info.enabled:
@@ -247,9 +249,8 @@ def _prepare(
 def _training_data(config: dict[str, Any], info: DistInfo, seed: int) -> _TrainData:
     """The train set with its targets and a shuffling ``DistributedSampler`` (each rank its
     part of every epoch), and the validation set sharded over the ranks."""
-    targets = config.get("targets") or {}  # training needs targets; {}: their defaults
     train_set = build_dataset(
-        dataset_cfg(config, "train_dataset"), targets, seed, name="train_dataset"
+        dataset_cfg(config, "train_dataset"), config["targets"], seed, name="train_dataset"
     )
     sampler: DistributedSampler = DistributedSampler(
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
@@ -263,7 +264,7 @@ def _training_data(config: dict[str, Any], info: DistInfo, seed: int) -> _TrainD
 def _learner(config: dict[str, Any], device: torch.device, total_steps: int) -> _Learner:
     """The model on ``device``, the loss, the optimizer and the schedule over ``total_steps``."""
     model = build_model(section(config, "model")).to(device)
-    loss_fn = DBLoss(**(config.get("loss") or {}))
+    loss_fn = DBLoss(**config["loss"])
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_scheduler(config, optimizer, total_steps)
     return _Learner(model, loss_fn, optimizer, scheduler)
@@ -280,7 +281,9 @@ def _restore(run: _Run, resume: str, state: dict[str, Any]) -> _RunState:
         learner.scheduler.load_state_dict(state["scheduler"])
     saved_config = state.get("config")
     if isinstance(saved_config, dict):
-        for key, old, new in config_changes(saved_config, run.config):
+        # Completed as the run's own config was: a key an older version left out for its
+        # default has not changed.
+        for key, old, new in config_changes(complete(saved_config), run.config):
             if key != "trainer.resume":
                 run.say(f"override {key}: {old!r} -> {new!r}")
     _restore_rng(run, state.get("rng"))
@@ -336,12 +339,12 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], str]:
     stats = train_one_epoch(
         run.net,
         run.data.train_loader,
-        learner.loss_fn,
-        learner.optimizer,
-        learner.scheduler,
-        run.normalizer,
-        run.device,
-        run.info,
+        loss_fn=learner.loss_fn,
+        optimizer=learner.optimizer,
+        scheduler=learner.scheduler,
+        normalizer=run.normalizer,
+        device=run.device,
+        info=run.info,
         amp=run.amp,
         progress=run.progress,
         desc=f"epoch {epoch + 1}/{run.epochs}",
@@ -360,13 +363,13 @@ def _validate(run: _Run, record: dict[str, Any]) -> tuple[EvalResult, str]:
     result = evaluate(
         run.learner.model,
         run.data.val_loader,
-        run.normalizer,
-        run.post,
-        run.device,
-        run.info,
-        run.iou,
-        run.amp,
-        run.progress,
+        normalizer=run.normalizer,
+        post=run.post,
+        device=run.device,
+        info=run.info,
+        iou_threshold=run.iou,
+        amp=run.amp,
+        progress=run.progress,
         desc="validate",
     )
     record["val"] = result.stats.to_dict()
@@ -475,14 +478,14 @@ def evaluate_checkpoint(
         result = evaluate(
             model,
             loader,
-            build_normalizer(config, device),
-            build_postprocess(config),
-            device,
-            info,
-            float((config.get("metric") or {}).get("iou_threshold", 0.5)),
-            bool(trainer.get("amp", False)),
-            progress and info.is_main,
-            keep_predictions or draw_dir is not None,
+            normalizer=build_normalizer(config, device),
+            post=build_postprocess(config),
+            device=device,
+            info=info,
+            iou_threshold=float(config["metric"]["iou_threshold"]),
+            amp=trainer["amp"],
+            progress=progress and info.is_main,
+            keep_predictions=keep_predictions or draw_dir is not None,
         )
         if draw_dir is not None and info.is_main:
             assert result.predictions is not None and result.truths is not None

@@ -1,4 +1,4 @@
-"""The OCR dataset: one class, three image sources chosen by config.
+"""The OCR dataset: one class, three image sources chosen by config, each an ``ImageSource``.
 
 * disk: decode each image on every read (``lmdb_cache.images.decode_file``);
 * preload: decode every image once at start-up into a dict (the old approach, a baseline);
@@ -21,7 +21,7 @@ import shlex
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -76,6 +76,43 @@ class LoadedImage:
 CacheSettingsError = SettingsMismatchError
 
 
+class ImageSource(Protocol):
+    """Where a dataset's images come from: all the dataset asks of a source.
+
+    A source is pickled into each DataLoader worker (fork, spawn or forkserver) with the
+    dataset, and serves the same pixels there.
+    """
+
+    @property
+    def name(self) -> str:
+        """``disk``, ``preload`` or ``cache``, as a run reports its sources."""
+        ...
+
+    def check(self, keys: list[str]) -> None:
+        """The start-up checks that the source can serve ``keys`` (the annotated images) as
+        configured; a source without any does nothing.
+
+        Raises:
+            MissingImageError: an image the source does not hold (and no fallback).
+            StaleCacheError: sources changed since the cache was built.
+        """
+        ...
+
+    def load(self, key: str) -> LoadedImage:
+        """The upright image of ``key``, capped as configured.
+
+        Raises:
+            MissingImageError: ``key`` is not in the source (and no fallback).
+        """
+        ...
+
+    def close(self) -> None:
+        """Let go of what the source holds open (a cache's LMDB environment) once a dataset
+        refuses it: LMDB will not open a store twice in one process, and the next step is
+        often to rebuild that store in this same process (``build-cache``)."""
+        ...
+
+
 class DiskSource:
     """Decodes from the image folder on every read."""
 
@@ -86,9 +123,15 @@ class DiskSource:
         self.max_side = max_side
         self.resample = resample
 
+    def check(self, keys: list[str]) -> None:
+        """Nothing to check: a missing file is an error when it is read."""
+
     def load(self, key: str) -> LoadedImage:
         d = decode_file(self.root / key, max_side=self.max_side, resample=self.resample)
         return LoadedImage(d.pixels, d.raw_width, d.raw_height, d.orientation)
+
+    def close(self) -> None:
+        """Nothing is held open."""
 
 
 class PreloadSource:
@@ -99,12 +142,33 @@ class PreloadSource:
     def __init__(self, disk: DiskSource, keys: list[str]) -> None:
         self.images = {key: disk.load(key) for key in keys}
 
+    def check(self, keys: list[str]) -> None:
+        """Nothing to check: every image was decoded when the source was made."""
+
     def load(self, key: str) -> LoadedImage:
         return self.images[key]
 
+    def close(self) -> None:
+        """Nothing is held open."""
+
 
 class CacheSource:
-    """Reads decoded pixels from an LMDB cache, opened lazily in each worker process."""
+    """Reads decoded pixels from an LMDB cache of ``image_path``, opened lazily in each worker
+    process.
+
+    Args:
+        path: The ``.lmdb`` built by ``build-cache``.
+        max_side: The dataset's cap; the cache must reproduce it (``check_settings``).
+        resample: The dataset's filter, likewise.
+        fallback: Where an image missing from the cache is read from, with one warning; None:
+            a missing image is an error (``cache_fallback: error``).
+        image_path: The folder the cache stands for: freshness is checked against it.
+        stale: ``"error"`` or ``"warn"``: what ``check`` does when annotated sources changed
+            since the cache was built (``cache_stale``).
+
+    Raises:
+        CacheSettingsError: the cache cannot reproduce the configured pixels.
+    """
 
     name = "cache"
 
@@ -114,14 +178,57 @@ class CacheSource:
         max_side: int | None,
         resample: str,
         fallback: DiskSource | None,
+        *,
+        image_path: str | os.PathLike[str],
+        stale: str = "error",
     ) -> None:
         self.path = os.fspath(path)
         self.reader = open_cache(self.path)
         self.max_side = max_side
         self.resample = resample
         self.fallback = fallback
+        self.image_path = image_path
+        self.stale = stale
         self._warned = False
         self.reader.check_settings(max_side, resample)
+
+    def check(self, keys: list[str]) -> None:
+        """The start-up checks: the folder it was built from, missing keys, changed sources.
+
+        Raises:
+            MissingImageError: an annotated image is not in the cache, and no fallback.
+            StaleCacheError: annotated sources changed since the cache was built, and
+                ``stale`` is ``"error"``.
+        """
+        built_from = self.reader.source_root
+        if built_from and built_from != os.path.realpath(self.image_path):
+            # Often a stale override (an image_cache left from another run); moved data
+            # is fine, so this warns and the key and freshness checks below decide.
+            log.warning(
+                "cache '%s' was built from '%s', the dataset's image_path is '%s'",
+                self.path,
+                built_from,
+                self.image_path,
+            )
+        missing = self.check_keys(keys)
+        if missing and self.fallback is None:
+            raise MissingImageError(missing[0], self.path)
+        if missing:
+            log.warning(
+                "%d annotated image(s) not in cache '%s' (first: %r); read from disk",
+                len(missing),
+                self.path,
+                missing[0],
+            )
+        try:
+            self.check_fresh(self.image_path, keys)
+        except StaleCacheError as e:
+            if self.stale == "error":
+                raise
+            log.warning("%s", e)
+
+    def close(self) -> None:
+        self.reader.close()
 
     def check_keys(self, keys: list[str]) -> list[str]:
         return [key for key in keys if key not in self.reader]
@@ -195,6 +302,10 @@ class OCRDataset(Dataset):
         seed: Base seed of the random transforms; a sample's randomness depends only on
             (seed, epoch, index), so any number of workers gives the same batches.
 
+    Attributes:
+        source: Where the images come from: an ``ImageSource`` (``DiskSource``,
+            ``PreloadSource`` or ``CacheSource``), the only way the dataset reads them.
+
     Raises:
         ValueError: a bad option value.
         MissingImageError: an annotated image is not in the cache (``cache_fallback: error``).
@@ -242,57 +353,21 @@ class OCRDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         disk = DiskSource(image_path, max_side, resample)
-        self.source: DiskSource | PreloadSource | CacheSource
+        self.source: ImageSource
         if image_cache is not None:
+            fallback = disk if cache_fallback == "disk" else None
             self.source = CacheSource(
-                image_cache, max_side, resample, disk if cache_fallback == "disk" else None
+                image_cache, max_side, resample, fallback, image_path=image_path, stale=cache_stale
             )
-            try:
-                self._check_cache(self.source, image_path, cache_fallback, cache_stale)
-            except BaseException:
-                # A refused cache is usually fixed next, often in this same process
-                # (build-cache), and LMDB will not open a store twice in one process.
-                self.source.reader.close()
-                raise
         elif preload_images:
             self.source = PreloadSource(disk, self.keys)
         else:
             self.source = disk
-
-    def _check_cache(
-        self,
-        source: CacheSource,
-        image_path: str | os.PathLike[str],
-        cache_fallback: str,
-        cache_stale: str,
-    ) -> None:
-        """The start-up checks of a cache source: its folder, missing keys, changed sources."""
-        built_from = source.reader.source_root
-        if built_from and built_from != os.path.realpath(image_path):
-            # Often a stale override (an image_cache left from another run); moved data
-            # is fine, so this warns and the key and freshness checks below decide.
-            log.warning(
-                "cache '%s' was built from '%s', the dataset's image_path is '%s'",
-                source.path,
-                built_from,
-                image_path,
-            )
-        missing = source.check_keys(self.keys)
-        if missing and cache_fallback == "error":
-            raise MissingImageError(missing[0], source.path)
-        if missing:
-            log.warning(
-                "%d annotated image(s) not in cache '%s' (first: %r); read from disk",
-                len(missing),
-                source.path,
-                missing[0],
-            )
         try:
-            source.check_fresh(image_path, self.keys)
-        except StaleCacheError as e:
-            if cache_stale == "error":
-                raise
-            log.warning("%s", e)
+            self.source.check(self.keys)
+        except BaseException:
+            self.source.close()  # see ImageSource.close
+            raise
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,4 +1,8 @@
-"""Datasets and DataLoaders from the YAML config (``configs/data/base.yaml``)."""
+"""Datasets and DataLoaders from the YAML config (``configs/data/base.yaml``).
+
+The builders take a section as a checked config holds it, or with keys left out: those get
+the schema's defaults (``ocr.config_schema.complete``), the same a checked config holds.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..config_schema import complete
 from .collate import collate
 from .dataset import OCRDataset
 from .instantiate import TARGET, instantiate, is_target_spec
 from .targets import DBNetTargets
 from .transforms import TrainTransform, ValTransform
+
+# Where the sections the builders take sit in a config (every split has the same keys).
+_DATASET = "datasets.val_dataset"
+_TRANSFORM = f"{_DATASET}.transform"
 
 
 def build_transform(
@@ -28,7 +37,7 @@ def build_transform(
       transform (``ocr.data.instantiate``); nothing is added to its arguments.
 
     Args:
-        spec: The mapping.
+        spec: The mapping; keys it leaves out get their defaults (``name: val``, ...).
         resample: The dataset's resampling filter (the built-in transforms only).
         key: Where ``spec`` sits in the config, for messages.
 
@@ -38,13 +47,12 @@ def build_transform(
     """
     if is_target_spec(spec):
         return _checked_transform(instantiate(spec, key), spec[TARGET], key)
-    spec = dict(spec)
-    name = spec.pop("name", "val")
+    spec = complete(spec, _TRANSFORM)
+    name = spec.pop("name")
     if name == "val":
         return ValTransform(resample=resample, **spec)
     if name == "train":
-        if "scale_range" in spec:
-            spec["scale_range"] = tuple(spec["scale_range"])
+        spec["scale_range"] = tuple(spec["scale_range"])
         return TrainTransform(resample=resample, **spec)
     raise ValueError(
         f"{key}: unknown transform {name!r}; use 'val' or 'train', or {{_target_: "
@@ -78,21 +86,22 @@ def build_dataset(
 ) -> OCRDataset:
     """One dataset from a ``datasets.<split>`` section (targets when ``targets_cfg`` is given).
 
-    ``name`` is the split's key (``train_dataset``); messages about its transform then name
-    ``datasets.<name>.transform``.
+    Keys the section leaves out get their defaults, but for ``image_path`` and
+    ``annotation_path``. ``name`` is the split's key (``train_dataset``); messages about its
+    transform then name ``datasets.<name>.transform``.
     """
-    resample = dataset_cfg.get("resample", "bilinear")
+    cfg = complete(dataset_cfg, _DATASET)
     key = f"datasets.{name}.transform" if name else "transform"
     return OCRDataset(
-        image_path=dataset_cfg["image_path"],
-        annotation_path=dataset_cfg["annotation_path"],
-        transform=build_transform(dataset_cfg.get("transform", {"name": "val"}), resample, key=key),
-        image_cache=dataset_cfg.get("image_cache"),
-        preload_images=bool(dataset_cfg.get("preload_images", False)),
-        cache_fallback=dataset_cfg.get("cache_fallback", "error"),
-        cache_stale=dataset_cfg.get("cache_stale", "error"),
-        max_side=dataset_cfg.get("max_side"),
-        resample=resample,
+        image_path=cfg["image_path"],
+        annotation_path=cfg["annotation_path"],
+        transform=build_transform(cfg["transform"], cfg["resample"], key=key),
+        image_cache=cfg["image_cache"],
+        preload_images=bool(cfg["preload_images"]),
+        cache_fallback=cfg["cache_fallback"],
+        cache_stale=cfg["cache_stale"],
+        max_side=cfg["max_side"],
+        resample=cfg["resample"],
         targets=DBNetTargets(**targets_cfg) if targets_cfg is not None else None,
         seed=seed,
     )
@@ -104,18 +113,20 @@ def build_loader(
     """A DataLoader of ``Batch``es (uint8 images), pinned when CUDA is available.
 
     The dataset builds each batch in one call (``OCRDataset.__getitems__``); ``collate``
-    passes it through.
+    passes it through. Keys ``loader_cfg`` (a ``dataloader`` section) leaves out get their
+    defaults.
     """
-    workers = int(loader_cfg.get("num_workers", 0))
+    cfg = complete(loader_cfg, "dataloader")
+    workers = int(cfg["num_workers"])
     return DataLoader(
         dataset,
-        batch_size=int(loader_cfg.get("batch_size", 4)),
+        batch_size=int(cfg["batch_size"]),
         shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
-        multiprocessing_context=loader_cfg.get("multiprocessing_context") if workers else None,
-        persistent_workers=bool(loader_cfg.get("persistent_workers", False)) and workers > 0,
-        generator=torch.Generator().manual_seed(int(loader_cfg.get("seed", 0))),
+        multiprocessing_context=cfg["multiprocessing_context"] if workers else None,
+        persistent_workers=bool(cfg["persistent_workers"]) and workers > 0,
+        generator=torch.Generator().manual_seed(int(cfg["seed"])),
     )

@@ -19,8 +19,8 @@ def build_model(cfg: Mapping[str, Any]) -> DBNet:
 
     Args:
         cfg: ``{"name": "dbnet", "backbone": "resnet18", "width": 64, "inner_channels": 256,
-            "k": 50, "weights": None}``; every key but ``name`` may be left out for its
-            default (see :class:`DBNet`), and ``name`` defaults to ``"dbnet"``.
+            "k": 50, "weights": None}``; a key left out gets the value shown, its default
+            in the config schema (``ocr.config_schema``).
 
     Returns:
         The model, in training mode on the CPU.
@@ -38,13 +38,15 @@ def build_model(cfg: Mapping[str, Any]) -> DBNet:
             f"model config has unknown keys {', '.join(map(str, unknown))}; valid keys are "
             f"{', '.join(_KEYS)}"
         )
-    name = cfg.get("name", "dbnet")
+    # Imported here: the schema imports this package for its model and backbone names.
+    from ..config_schema import complete
+
+    cfg = complete(cfg, "model")
+    name = cfg.pop("name")
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; valid models are {', '.join(MODELS)}")
-    backbone = cfg.get("backbone", "resnet18")
-    if backbone not in BACKBONES:
+    if cfg["backbone"] not in BACKBONES:
         raise ValueError(
-            f"unknown backbone {backbone!r}; valid backbones are {', '.join(BACKBONES)}"
+            f"unknown backbone {cfg['backbone']!r}; valid backbones are {', '.join(BACKBONES)}"
         )
-    kwargs = {k: cfg[k] for k in ("width", "inner_channels", "k", "weights") if k in cfg}
-    return DBNet(backbone=backbone, **kwargs)
+    return DBNet(**cfg)

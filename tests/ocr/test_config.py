@@ -3,14 +3,25 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from ocr.builders import build_postprocess
 from ocr.cli import eval_command, train_command
 from ocr.config import ConfigError, InvalidConfigError, check_config, load_config, merge
+from ocr.config_schema import complete
+from ocr.data.dataset import OCRDataset
+from ocr.data.normalize import DeviceNormalizer
+from ocr.data.targets import DBNetTargets
+from ocr.data.transforms import TrainTransform, ValTransform
+from ocr.losses import DBLoss
+from ocr.metrics import DetectionMetric
+from ocr.models import DBNet
+from ocr.postprocess import DBPostProcess
 
 # Run configs (other YAML under configs/, such as augmentation pipelines, are not).
 SHIPPED = sorted(str(p) for d in ("configs", "configs/data") for p in Path(d).glob("*.yaml"))
@@ -32,7 +43,8 @@ def test_base_is_read_relative_to_the_file(tmp_path):
     (tmp_path / "sub").mkdir()
     _write(tmp_path / "sub" / "base.yaml", "model: {width: 64, k: 50}\ntrainer: {epochs: 10}\n")
     child = _write(tmp_path / "child.yaml", "_base_: sub/base.yaml\nmodel: {width: 16}\n")
-    assert load_config(child) == {"model": {"width": 16, "k": 50}, "trainer": {"epochs": 10}}
+    merged = {"model": {"width": 16, "k": 50}, "trainer": {"epochs": 10}}
+    assert load_config(child) == check_config(merged)  # checked: completed with defaults
 
 
 def test_overrides_apply_to_keys_from_the_base(tmp_path):
@@ -189,3 +201,145 @@ def test_builtin_transform_keys_are_checked():
         "datasets.train_dataset.transform.size",
         "datasets.train_dataset.transform.flip_prob",
     ]
+
+
+# The values the code used when a key was left out, before the schema held the defaults.
+FORMER_FALLBACKS = {
+    "trainer": {
+        "epochs": 1,
+        "device": "auto",
+        "amp": False,
+        "val_every": 1,
+        "output_dir": "runs/dbnet",
+        "resume": None,
+        "seed": 0,
+        "threads": None,
+    },
+    "dataloader": {
+        "batch_size": 4,
+        "num_workers": 0,
+        "multiprocessing_context": None,
+        "persistent_workers": False,
+        "seed": 0,
+    },
+    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
+    "scheduler": {"name": "constant", "power": 0.9, "warmup_steps": 0},
+    "metric": {"iou_threshold": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMER_FALLBACKS), ids=str)
+def test_checked_config_holds_every_key_of_a_section_with_its_default(name):
+    checked = check_config({"trainer": {}, "dataloader": {}, "optimizer": {}})
+    assert checked[name] == FORMER_FALLBACKS[name]
+
+
+def test_a_dataset_left_with_its_paths_only_gets_every_other_key():
+    checked = check_config(
+        {"datasets": {"val_dataset": {"image_path": "i", "annotation_path": "a"}}}
+    )
+    assert checked["datasets"] == {
+        "val_dataset": {
+            "image_path": "i",
+            "annotation_path": "a",
+            "image_cache": None,
+            "preload_images": False,
+            "cache_fallback": "error",
+            "cache_stale": "error",
+            "max_side": None,
+            "resample": "bilinear",
+            "transform": {"name": "val", "size": 640},
+        }
+    }
+
+
+def test_a_dataset_without_its_paths_is_refused_naming_them():
+    with pytest.raises(InvalidConfigError) as info:
+        check_config({"datasets": {"val_dataset": {}}})
+    assert [str(p) for p in info.value.problems] == [
+        "datasets.val_dataset.image_path is missing; expected a folder of images (a non-empty "
+        "string)",
+        "datasets.val_dataset.annotation_path is missing; expected an annotation file (a "
+        "non-empty string)",
+    ]
+
+
+def test_sections_a_run_needs_stay_out_when_left_out():
+    # The run then names the missing section (builders.section) instead of guessing one.
+    checked = check_config({})
+    assert not {"datasets", "dataloader", "model", "optimizer", "trainer"} & set(checked)
+
+
+@pytest.mark.parametrize("given", [{}, {"loss": None}], ids=["left-out", "null"])
+def test_an_optional_section_left_out_or_null_gets_all_its_defaults(given):
+    assert check_config(given)["loss"] == {
+        "prob_weight": 1.0,
+        "binary_weight": 1.0,
+        "thresh_weight": 10.0,
+        "ohem_ratio": 3.0,
+        "eps": 1e-6,
+        "empty_negatives": 1000,
+    }
+
+
+def test_output_dir_null_reads_as_its_default():
+    assert check_config({"trainer": {"output_dir": None}})["trainer"]["output_dir"] == "runs/dbnet"
+
+
+def test_an_unused_key_of_old_configs_is_accepted_and_not_added():
+    assert check_config({"trainer": {"log_every": 5}})["trainer"]["log_every"] == 5
+    assert "log_every" not in check_config({"trainer": {}})["trainer"]
+
+
+def test_postprocess_shrink_ratio_left_out_follows_the_targets():
+    cfg = load_config("configs/dbnet.yaml")
+    cfg["targets"]["shrink_ratio"] = 0.5
+    assert build_postprocess(check_config(cfg)).shrink_ratio == 0.5
+
+
+def test_postprocess_shrink_ratio_given_is_kept():
+    cfg = load_config("configs/dbnet.yaml")
+    cfg["targets"]["shrink_ratio"] = 0.5
+    cfg["postprocess"]["shrink_ratio"] = 0.3
+    assert build_postprocess(check_config(cfg)).shrink_ratio == 0.3
+
+
+def test_checking_a_checked_config_changes_nothing():
+    checked = load_config("configs/demo.yaml")
+    assert check_config(checked) == checked
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize(
+    ("path", "given", "cls", "skip"),
+    [
+        ("loss", {}, DBLoss, ()),
+        ("targets", {}, DBNetTargets, ()),
+        ("postprocess", {}, DBPostProcess, ("shrink_ratio",)),  # null: the targets' ratio
+        ("metric", {}, DetectionMetric, ()),
+        ("normalization", {}, DeviceNormalizer, ()),
+        ("model", {}, DBNet, ("name",)),
+        ("datasets.val_dataset", {}, OCRDataset, ("transform",)),
+        ("datasets.val_dataset.transform", {"name": "val"}, ValTransform, ("name",)),
+        ("datasets.val_dataset.transform", {"name": "train"}, TrainTransform, ("name",)),
+    ],
+    ids=[
+        "loss",
+        "targets",
+        "postprocess",
+        "metric",
+        "normalization",
+        "model",
+        "dataset",
+        "val-transform",
+        "train-transform",
+    ],  # fmt: skip
+)
+def test_schema_defaults_are_the_defaults_of_what_the_section_builds(path, given, cls, skip):
+    # A config that leaves a key out builds what the class builds when left without it.
+    schema = {k: _plain(v) for k, v in complete(given, path).items() if k not in skip}
+    params = inspect.signature(cls).parameters
+    assert schema == {k: _plain(params[k].default) for k in schema}

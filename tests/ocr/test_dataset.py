@@ -77,6 +77,24 @@ def test_workers_give_the_same_training_batches(samples, workers):
     _assert_same(serial, parallel)
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        "fork",
+        pytest.param("spawn", marks=pytest.mark.slow),
+        pytest.param("forkserver", marks=pytest.mark.slow),
+    ],
+    ids=str,
+)
+def test_cache_source_gives_the_disk_batches_in_workers_of_every_start_method(samples, method):
+    # The dataset and its source are pickled into spawn and forkserver workers.
+    root, config = samples
+    loader = dict(config["dataloader"], multiprocessing_context=method)
+    config = dict(config, dataloader=loader)
+    cached = _batches(config, workers=2, image_cache=str(root / "full.lmdb"))
+    _assert_same(_batches(config), cached)
+
+
 def test_cache_cap_other_than_max_side_is_refused_at_start(samples):
     root, config = samples
     with pytest.raises(CacheSettingsError, match="capped at --max-side 700"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ocr.distributed import DistInfo
-from ocr.engine import PhaseStats, poly_schedule, resolve_device
+from ocr.engine import PhaseStats, evaluate, poly_schedule, resolve_device, train_one_epoch
 
 
 def test_auto_device_is_cpu_without_cuda():
@@ -47,3 +47,10 @@ def test_phase_stats_split_and_rates():
     assert stats.data_wait_share == 0.25
     assert stats.images_per_s == 3.0
     assert PhaseStats().data_wait_share == 0.0
+
+
+@pytest.mark.parametrize("loop", [train_one_epoch, evaluate], ids=["train", "evaluate"])
+def test_loops_take_keywords_after_model_and_loader(loop):
+    # Refused before the loop starts, so placeholders do for the arguments.
+    with pytest.raises(TypeError, match="positional argument"):
+        loop(torch.nn.Identity(), [], None, None, None, None, None, None)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from lmdb_cache import build_cache
 from ocr import pipeline
-from ocr.checkpoint import load_checkpoint
+from ocr.checkpoint import load_checkpoint, save_checkpoint
 from ocr.cli import eval_command, train_command
 from ocr.data.annotations import convert_icdar_folder
 from ocr.pipeline import evaluate_checkpoint, train
@@ -166,6 +166,27 @@ def test_resume_logs_each_override_with_its_old_and_new_value(trained, tmp_path)
     ]
     saved = yaml.safe_load((more / "config.yaml").read_text())
     assert saved["postprocess"]["box_thresh"] == 0.3 and saved["model"] == cfg["model"]
+
+
+def test_checkpoint_whose_config_leaves_keys_out_resumes_with_their_defaults(trained, tmp_path):
+    cfg, _, out = trained
+    state = load_checkpoint(out / "last.pt")
+    old = state["config"]  # as an earlier version saved it: keys left for their defaults
+    del old["loss"], old["postprocess"]["shrink_ratio"], old["trainer"]["threads"]
+    del old["datasets"]["val_dataset"]["cache_stale"]
+    save_checkpoint(tmp_path / "old.pt", state)
+    more = tmp_path / "more"
+    result = CliRunner().invoke(
+        train_command, ["--resume", str(tmp_path / "old.pt"), "-o", str(more), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    # The defaults filled in are no changes: only the override is logged.
+    assert [line for line in result.output.splitlines() if line.startswith("override ")] == [
+        f"override trainer.output_dir: {str(out)!r} -> {str(more)!r}"
+    ]
+    saved = yaml.safe_load((more / "config.yaml").read_text())
+    trainer = dict(cfg["trainer"], output_dir=str(more), resume=str(tmp_path / "old.pt"))
+    assert saved == dict(cfg, trainer=trainer)
 
 
 def test_resume_with_a_config_file_is_refused_as_a_usage_error(trained):

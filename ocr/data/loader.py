@@ -56,7 +56,7 @@ def build_transform(
         return TrainTransform(resample=resample, **spec)
     raise ValueError(
         f"{key}: unknown transform {name!r}; use 'val' or 'train', or {{_target_: "
-        "package.module.Callable, ...}} for your own (docs/transforms.md)"
+        "package.module.Callable, ...} for your own (docs/transforms.md)"
     )
 
 

@@ -3,8 +3,8 @@ config.
 
 Saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``: a checkpoint
 holds tensors, numbers, strings, lists and dicts only, so loading one cannot run code.
-Files are written to a temporary name and renamed, so a run killed while saving leaves the
-previous checkpoint intact.
+Files are written to a temporary name, fsynced and renamed, so a run killed while saving
+leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -37,12 +37,35 @@ class NotACheckpointError(CheckpointError):
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write ``state`` (plus a version tag) atomically to ``path``."""
+    """Write ``state`` (plus a version tag) atomically to ``path``.
+
+    The file is written beside ``path`` (``<name>.tmp``), flushed to the disk, renamed over
+    ``path``, and the rename flushed too: a process killed at any moment, or a machine that
+    loses power, leaves either the previous checkpoint or the new one, whole.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"version": CHECKPOINT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to the disk, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

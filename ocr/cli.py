@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from lmdb_cache import CacheError
 
+from .agreement import DataMismatchError, PeerFailedError
 from .checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -42,9 +43,9 @@ def _run(action: Any) -> Any:
     """Turn the library's errors into a message and an exit status."""
     try:
         return action()
-    except (ConfigError, CheckpointNotFoundError, NotACheckpointError) as e:
+    except (ConfigError, CheckpointNotFoundError, NotACheckpointError, DataMismatchError) as e:
         _fail(str(e), 2)
-    except (CheckpointError, CacheError, AnnotationError, FloatingPointError) as e:
+    except (CheckpointError, CacheError, AnnotationError, FloatingPointError, PeerFailedError) as e:
         _fail(str(e), 1)
     except (FileNotFoundError, ValueError, TypeError) as e:
         _fail(str(e), 1)

@@ -244,6 +244,8 @@ SCHEMA = Section(
                 "resume": Text("a checkpoint", null="start afresh", default=None),
                 "seed": Number(integer=True, minimum=0, maximum=_SEED_MAX, default=0),
                 "threads": Number(integer=True, minimum=1, null="torch's default", default=None),
+                "log_every_steps": Number(integer=True, minimum=0, default=0),
+                "checkpoint_every_steps": Number(integer=True, minimum=0, default=0),
             }
         ),
     }

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .data import digest
 from .data.normalize import DeviceNormalizer
 from .data.sample import Batch
 from .distributed import DistInfo, gather_objects, max_across_ranks, sum_across_ranks
@@ -140,6 +141,78 @@ def _bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="batch")
 
 
+@dataclass
+class EpochTally:
+    """One rank's running sums over the steps of an epoch done so far.
+
+    A mid-epoch checkpoint holds every rank's tally, so an epoch resumed after step ``steps``
+    ends with the loss and digests of an uninterrupted one.
+
+    Attributes:
+        steps: Steps of the epoch done (the same count on every rank).
+        images: Samples counted (filler shares are not, ``ocr.sampling``).
+        loss_sum: Sum of ``loss x images`` over the steps.
+        part_sums: The same for each part of the loss.
+        samples: ``ocr.data.digest`` sum of the (key, seed) hashes of the counted samples.
+        data: The same for their (key, content checksum) hashes.
+    """
+
+    steps: int = 0
+    images: int = 0
+    loss_sum: float = 0.0
+    part_sums: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    data: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        """The tally as plain values (digests as hex: a checkpoint holds no 64-bit ints)."""
+        out = asdict(self)
+        out.update(samples=digest.to_hex(self.samples), data=digest.to_hex(self.data))
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochTally:
+        return cls(
+            steps=int(state["steps"]),
+            images=int(state["images"]),
+            loss_sum=float(state["loss_sum"]),
+            part_sums={str(k): float(v) for k, v in state["part_sums"].items()},
+            samples=int(state["samples"], 16),
+            data=int(state["data"], 16),
+        )
+
+
+@dataclass
+class StepResult:
+    """One rank's part of one training step, handed to ``train_one_epoch``'s ``on_step``.
+
+    Attributes:
+        index: The step within the epoch (0-based).
+        images: Samples this rank counted (0 for a filler share).
+        loss: This rank's loss (0.0 for a filler share).
+        samples: Digest of this rank's counted (key, seed) pairs (``ocr.data.digest``).
+        data: Digest of their (key, content checksum) pairs.
+    """
+
+    index: int
+    images: int
+    loss: float
+    samples: int
+    data: int
+
+
+def _batch_digests(batch: Batch) -> tuple[int, int]:
+    """The ``samples`` and ``data`` digests of a batch (``ocr.data.digest``)."""
+    none: list[int | None] = [None] * len(batch)
+    seeds: list[int | None] = list(batch.seed) if batch.seed else none
+    checksums: list[int | None] = list(batch.checksum) if batch.checksum else none
+    samples = data = 0
+    for key, seed, checksum in zip(batch.filename, seeds, checksums, strict=True):
+        samples = digest.add(samples, digest.sample_hash(key, seed))
+        data = digest.add(data, digest.data_hash(key, checksum))
+    return samples, data
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -153,12 +226,15 @@ def train_one_epoch(
     amp: bool = False,
     progress: bool = False,
     desc: str = "train",
+    tally: EpochTally | None = None,
+    counted: Callable[[int], bool] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
 ) -> PhaseStats:
     """One pass over ``loader`` with an optimizer step per batch.
 
     Args:
         model: The model to train (wrapped in DistributedDataParallel under torchrun).
-        loader: Batches with DBNet targets.
+        loader: Batches with DBNet targets; after a mid-epoch resume, those of the steps left.
         loss_fn: ``loss_fn(pred, targets) -> (loss, parts)`` (``ocr.losses.DBLoss``).
         optimizer: Stepped once per batch.
         scheduler: Stepped once per batch after the optimizer; None for a constant LR.
@@ -168,9 +244,15 @@ def train_one_epoch(
         amp: bf16 autocast for the forward pass.
         progress: Show a progress bar.
         desc: The progress bar's label.
+        tally: The epoch's sums so far (a resumed epoch's), updated in place; the first
+            batch of ``loader`` is step ``tally.steps``.
+        counted: ``counted(step)`` is False for a filler batch (``GlobalBatchSampler``): it
+            runs the step with its loss times zero and is left out of every sum.
+        on_step: Called after every step, once ``tally`` holds it.
 
     Returns:
-        The stats of this rank's pass, with the loss averaged over all ranks' images.
+        The stats of this rank's pass, with the loss averaged over all ranks' images of the
+        whole epoch.
 
     Raises:
         ValueError: a batch without targets.
@@ -178,43 +260,87 @@ def train_one_epoch(
     """
     model.train()
     stats = PhaseStats()
-    loss_sum = 0.0
-    part_sums: dict[str, float] = {}
+    tally = tally if tally is not None else EpochTally()
     with _bar(len(loader), desc, progress) as bar:
+        bar.update(tally.steps)
         for batch in _timed(loader, stats):
-            if batch.targets is None:
-                raise ValueError(
-                    "training batches need DBNet targets (build the dataset with targets)"
-                )
-            images = normalizer(batch.image)
-            targets = batch.targets.to(device, non_blocking=True)
-            with autocast(device, amp):
-                pred = model(images)
-            loss, parts = loss_fn(pred, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            n = images.shape[0]
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training loss became {value} (step of {n} images); lower optimizer.lr "
-                    "or turn off trainer.amp"
-                )
-            loss_sum += value * n
-            for name, part in parts.items():
-                part_sums[name] = part_sums.get(name, 0.0) + float(part) * n
-            stats.images += n
+            step = _train_step(
+                model, batch, loss_fn, optimizer, scheduler, normalizer, device, amp,
+                counted is None or counted(tally.steps), tally.steps,
+            )  # fmt: skip
+            tally.steps += 1
+            tally.images += step.images
+            tally.loss_sum += step.loss * step.images
+            for name, part in step.parts.items():
+                tally.part_sums[name] = tally.part_sums.get(name, 0.0) + part * step.images
+            tally.samples = digest.add(tally.samples, step.result.samples)
+            tally.data = digest.add(tally.data, step.result.data)
+            stats.images += step.images
+            if on_step is not None:
+                on_step(step.result)
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}")
-    names = sorted(part_sums)
-    totals = sum_across_ranks([stats.images, loss_sum, *(part_sums[k] for k in names)], info)
+            bar.set_postfix(loss=f"{step.loss:.4f}")
+    names = sorted(tally.part_sums)
+    totals = sum_across_ranks(
+        [tally.images, tally.loss_sum, *(tally.part_sums[k] for k in names)], info
+    )
     count = max(totals[0], 1.0)
     stats.loss = totals[1] / count
     stats.loss_parts = {k: v / count for k, v in zip(names, totals[2:], strict=True)}
     return stats
+
+
+@dataclass
+class _Step:
+    result: StepResult
+    images: int
+    loss: float
+    parts: dict[str, float]
+
+
+def _train_step(
+    model: torch.nn.Module,
+    batch: Batch,
+    loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    normalizer: DeviceNormalizer,
+    device: torch.device,
+    amp: bool,
+    counted: bool,
+    index: int,
+) -> _Step:
+    """Forward, backward and optimizer step on one batch (a filler's loss times zero)."""
+    if batch.targets is None:
+        raise ValueError("training batches need DBNet targets (build the dataset with targets)")
+    images = normalizer(batch.image)
+    targets = batch.targets.to(device, non_blocking=True)
+    with autocast(device, amp):
+        pred = model(images)
+    loss, parts = loss_fn(pred, targets)
+    if not counted:
+        loss = loss * 0.0  # the step runs on every rank (DDP), its gradient adds nothing
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    n = images.shape[0] if counted else 0
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"training loss became {value} (step of {n} images); lower optimizer.lr "
+            "or turn off trainer.amp"
+        )
+    samples, data = _batch_digests(batch) if counted else (0, 0)
+    return _Step(
+        StepResult(
+            index=index, images=n, loss=value if counted else 0.0, samples=samples, data=data
+        ),
+        images=n,
+        loss=value if counted else 0.0,
+        parts={name: float(part) for name, part in parts.items()} if counted else {},
+    )
 
 
 @torch.inference_mode()

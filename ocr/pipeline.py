@@ -4,16 +4,21 @@ A training run writes into ``trainer.output_dir``:
 
 * ``config.yaml``: the resolved config (file, ``_base_`` chain and overrides merged, every
   key left out set to its default);
-* ``log.jsonl``: one JSON record per epoch (loss, timing, metrics);
-* ``last.pt`` every epoch and ``best.pt`` at the best validation H-mean: resumable
-  checkpoints (``trainer.resume=runs/x/last.pt``);
+* ``log.jsonl``: one JSON record per epoch (loss, timing, metrics, the epoch's ``samples``
+  and ``data`` digests), and with ``trainer.log_every_steps`` one per N global steps
+  (``ocr.stepping``);
+* ``last.pt`` every epoch (and with ``trainer.checkpoint_every_steps`` every N global steps)
+  and ``best.pt`` at the best validation H-mean: resumable checkpoints
+  (``ocr-train --resume runs/x/last.pt``);
 * ``summary.json``: totals of the run (time split, images/s, final metrics).
 
-A checkpoint holds what the next epoch needs to go on as if the run had not stopped: weights,
-optimizer, LR schedule, epoch, history, the random states of every rank (torch, numpy,
-Python, the DataLoaders' generators) and the config. The data order and augmentation need no
-state: they follow from ``trainer.seed`` and the epoch. A resumed run logs each setting in
-which its config differs from the checkpoint's.
+A checkpoint holds what the next step needs to go on as if the run had not stopped: weights,
+optimizer, LR schedule, the position (epoch and step), history and step records, every
+rank's tally of the epoch so far and random states (torch, numpy, Python, the DataLoaders'
+generators as they were at the epoch's start) and the config. The data order and
+augmentation need no state: the samples of a step follow from ``trainer.seed``, the epoch,
+the step and the global batch (``ocr.sampling``), whatever the number of ranks. A resumed
+run logs each setting in which its config differs from the checkpoint's.
 """
 
 from __future__ import annotations
@@ -22,15 +27,14 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, DistributedSampler
 
+from .agreement import check_ranks_agree, data_identity
 from .builders import (
     build_eval_loader,
     build_normalizer,
@@ -43,32 +47,30 @@ from .builders import (
 )
 from .checkpoint import (
     load_checkpoint,
-    load_model_state,
     rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
-from .config import check_config, config_changes
+from .config import check_config
 from .config_schema import SPLITS as SPLITS  # the datasets a config may hold
-from .config_schema import complete
-from .data.dataset import OCRDataset
 from .data.loader import build_dataset, build_loader
-from .data.normalize import DeviceNormalizer
 from .distributed import (
     DistInfo,
     destroy_process_group,
     gather_objects,
 )
 from .engine import (
+    EpochTally,
     EvalResult,
     PhaseStats,
     evaluate,
     train_one_epoch,
 )
+from .evaluation import evaluate_checkpoint as evaluate_checkpoint  # ocr-eval's entry
 from .losses import DBLoss
 from .models import build_model
-from .postprocess import DBPostProcess
-from .predictions import draw_predictions
+from .resume import generators, restore, save_run_checkpoint, save_step
+from .run_parts import Learner, Run, RunState, TrainData
+from .sampling import GlobalBatchSampler
+from .stepping import StepKeeper, append_record, epoch_digests, log_order, merged_tally
 
 
 def _phase_text(stats: PhaseStats) -> str:
@@ -118,57 +120,6 @@ def train(
     return summary
 
 
-@dataclass
-class _TrainData:
-    """The datasets and loaders of a training run."""
-
-    train_set: OCRDataset
-    sampler: DistributedSampler
-    train_loader: DataLoader
-    val_set: OCRDataset
-    val_loader: DataLoader
-
-
-@dataclass
-class _Learner:
-    """What training updates: the model (unwrapped), its loss, optimizer and LR schedule."""
-
-    model: torch.nn.Module
-    loss_fn: DBLoss
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-
-
-@dataclass
-class _Run:
-    """One training run's settings and parts, built once by ``_train``."""
-
-    config: dict[str, Any]
-    info: DistInfo
-    device: torch.device
-    epochs: int
-    amp: bool
-    progress: bool
-    out_dir: Path
-    say: Callable[[str], None]
-    data: _TrainData
-    learner: _Learner
-    net: torch.nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
-    normalizer: DeviceNormalizer
-    post: DBPostProcess
-    iou: float
-
-
-@dataclass
-class _RunState:
-    """What carries from epoch to epoch: a checkpoint's progress (restored on resume)."""
-
-    start_epoch: int = 0
-    best: float = -1.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last_eval: EvalResult | None = None
-
-
 def _train(
     config: dict[str, Any],
     info: DistInfo,
@@ -183,7 +134,7 @@ def _train(
     run, state = _prepare(config, info, device, trainer, progress, echo, saved)
     val_every = trainer["val_every"]
     for epoch in range(state.start_epoch, run.epochs):
-        record, line = _train_epoch(run, epoch)
+        record, line = _train_epoch(run, state, epoch)
         if epoch + 1 == run.epochs or (val_every > 0 and (epoch + 1) % val_every == 0):
             state.last_eval, val_line = _validate(run, record)
             line += val_line
@@ -200,7 +151,7 @@ def _prepare(
     progress: bool,
     echo: Callable[[str], None],
     saved: dict[str, Any] | None = None,
-) -> tuple[_Run, _RunState]:
+) -> tuple[Run, RunState]:
     """Seed, build the loaders, model, optimizer and schedule, restore ``trainer.resume``,
     wrap the model for DDP under torchrun, and (rank 0) start the output folder."""
     resume = trainer["resume"]
@@ -219,8 +170,8 @@ def _prepare(
     # Data before model, the order seeded runs have always used: the initial weights are drawn
     # from the seeded RNG after the datasets are built.
     data = _training_data(config, info, seed)
-    learner = _learner(config, device, epochs * len(data.train_loader))
-    run = _Run(
+    learner = _learner(config, device, epochs * data.sampler.steps)
+    run = Run(
         config=config,
         info=info,
         device=device,
@@ -235,8 +186,10 @@ def _prepare(
         normalizer=build_normalizer(config, device),
         post=build_postprocess(config),
         iou=float(config["metric"]["iou_threshold"]),
+        log_every=trainer["log_every_steps"],
+        checkpoint_every=trainer["checkpoint_every_steps"],
     )
-    state = _restore(run, resume, saved) if saved is not None and resume else _RunState()
+    state = restore(run, resume, saved) if saved is not None and resume else RunState()
     if info.enabled:
         run.net = torch.nn.parallel.DistributedDataParallel(
             learner.model, device_ids=[device.index] if device.type == "cuda" else None
@@ -246,82 +199,51 @@ def _prepare(
     return run, state
 
 
-def _training_data(config: dict[str, Any], info: DistInfo, seed: int) -> _TrainData:
-    """The train set with its targets and a shuffling ``DistributedSampler`` (each rank its
-    part of every epoch), and the validation set sharded over the ranks."""
-    train_set = build_dataset(
-        dataset_cfg(config, "train_dataset"), config["targets"], seed, name="train_dataset"
-    )
-    sampler: DistributedSampler = DistributedSampler(
-        train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
-    )
-    loader_cfg = section(config, "dataloader")
-    train_loader = build_loader(train_set, loader_cfg, sampler=sampler)
-    val_set, val_loader = build_eval_loader(config, "val_dataset", info)
-    return _TrainData(train_set, sampler, train_loader, val_set, val_loader)
+def _training_data(config: dict[str, Any], info: DistInfo, seed: int) -> TrainData:
+    """The train set with its targets and a ``GlobalBatchSampler`` (each rank its share of
+    every global batch), and the validation set sharded over the ranks."""
+    try:
+        train_set = build_dataset(
+            dataset_cfg(config, "train_dataset"), config["targets"], seed, name="train_dataset"
+        )
+        loader_cfg = section(config, "dataloader")
+        sampler = GlobalBatchSampler(
+            len(train_set), loader_cfg["batch_size"], info.world_size, info.rank, seed=seed
+        )
+        train_loader = build_loader(train_set, loader_cfg, batch_sampler=sampler)
+        val_set, val_loader = build_eval_loader(config, "val_dataset", info)
+        identities = {}
+        if info.enabled:  # every rank proves it reads what the others read
+            identities = {
+                split: data_identity(dataset, dataset_cfg(config, split))
+                for split, dataset in (("train_dataset", train_set), ("val_dataset", val_set))
+            }
+    except Exception as e:
+        if not info.enabled:
+            raise
+        check_ranks_agree({}, info, failure=e)  # the peers stop too, instead of waiting
+        raise
+    check_ranks_agree(identities, info)
+    return TrainData(train_set, sampler, train_loader, val_set, val_loader)
 
 
-def _learner(config: dict[str, Any], device: torch.device, total_steps: int) -> _Learner:
+def _learner(config: dict[str, Any], device: torch.device, total_steps: int) -> Learner:
     """The model on ``device``, the loss, the optimizer and the schedule over ``total_steps``."""
     model = build_model(section(config, "model")).to(device)
     loss_fn = DBLoss(**config["loss"])
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_scheduler(config, optimizer, total_steps)
-    return _Learner(model, loss_fn, optimizer, scheduler)
+    return Learner(model, loss_fn, optimizer, scheduler)
 
 
-def _restore(run: _Run, resume: str, state: dict[str, Any]) -> _RunState:
-    """Load the checkpoint ``state`` (read from ``resume``) into the run: weights, optimizer,
-    schedule and random states; log how the run's config differs from the checkpoint's, and
-    return the progress it saved."""
-    learner = run.learner
-    load_model_state(learner.model, state, resume)
-    learner.optimizer.load_state_dict(state["optimizer"])
-    if learner.scheduler is not None and state.get("scheduler"):
-        learner.scheduler.load_state_dict(state["scheduler"])
-    saved_config = state.get("config")
-    if isinstance(saved_config, dict):
-        # Completed as the run's own config was: a key an older version left out for its
-        # default has not changed.
-        for key, old, new in config_changes(complete(saved_config), run.config):
-            if key != "trainer.resume":
-                run.say(f"override {key}: {old!r} -> {new!r}")
-    _restore_rng(run, state.get("rng"))
-    restored = _RunState(
-        start_epoch=int(state["epoch"]),
-        best=float(state.get("best_hmean", -1.0)),
-        history=list(state.get("history", [])),
-    )
-    run.say(f"resumed from {resume} after epoch {restored.start_epoch}")
-    return restored
-
-
-def _generators(run: _Run) -> dict[str, Any]:
-    """The DataLoaders' generators: each pass draws from them the seeds of its workers."""
-    return {"train": run.data.train_loader.generator, "val": run.data.val_loader.generator}
-
-
-def _restore_rng(run: _Run, saved: list[dict[str, Any]] | None) -> None:
-    """Restore this rank's random states from a checkpoint's list (one entry per rank)."""
-    if not saved:  # a checkpoint from before random states were saved
-        run.say("the checkpoint has no random states: the run goes on from new ones")
-        return
-    if len(saved) != run.info.world_size:
-        run.say(
-            f"the checkpoint's run had {len(saved)} rank(s), this one has "
-            f"{run.info.world_size}: the batches will differ from an uninterrupted run"
-        )
-    set_rng_state(saved[run.info.rank % len(saved)], run.device, _generators(run))
-
-
-def _start_run_folder(run: _Run, state: _RunState) -> None:
+def _start_run_folder(run: Run, state: RunState) -> None:
     """Create the output folder, write the resolved ``config.yaml`` and ``log.jsonl`` (the
     checkpoint's epochs when resuming) and announce the run."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
     (run.out_dir / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
-    # The checkpoint's history, not the old log: a run killed between writing last.pt and
-    # its log line, or resumed from best.pt, would otherwise log an epoch twice or never.
-    lines = "".join(json.dumps(record) + "\n" for record in state.history)
+    # The checkpoint's records, not the old log: a run killed between writing last.pt and
+    # its log line, or resumed from best.pt, would otherwise log a step twice or never.
+    lines = "".join(json.dumps(record) + "\n" for record in log_order(state.history, state.steps))
     (run.out_dir / "log.jsonl").write_text(lines, encoding="utf-8")
     train_set, val_set = run.data.train_set, run.data.val_set
     run.say(
@@ -331,10 +253,29 @@ def _start_run_folder(run: _Run, state: _RunState) -> None:
     )
 
 
-def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], str]:
-    """Train one epoch (0-based ``epoch``); returns its log record and its progress line."""
-    run.data.sampler.set_epoch(epoch)
+def _train_epoch(run: Run, state: RunState, epoch: int) -> tuple[dict[str, Any], str]:
+    """Train one epoch (0-based ``epoch``; after a mid-epoch resume, its steps left); returns
+    its log record and its progress line."""
+    sampler = run.data.sampler
+    sampler.set_epoch(epoch)
     run.data.train_set.set_epoch(epoch)
+    tally = EpochTally()
+    if epoch == state.start_epoch and state.start_step and state.tallies:
+        sampler.start_at(state.start_step)
+        tally = merged_tally(state.tallies, run.info.rank, run.info.world_size)
+    # What a mid-epoch checkpoint saves of the loaders' generators: their states before this
+    # epoch's passes drew their workers' seeds, so a resumed pass draws the same ones.
+    start_states = {name: g.get_state() for name, g in generators(run).items()}
+    keeper = StepKeeper(
+        info=run.info,
+        epoch=epoch,
+        steps_per_epoch=sampler.steps,
+        log_every=run.log_every,
+        checkpoint_every=run.checkpoint_every,
+        record=lambda record: _log_step(run, state, record),
+        save=lambda t: save_step(run, state, epoch, t, start_states),
+        tally=tally,
+    )
     learner = run.learner
     stats = train_one_epoch(
         run.net,
@@ -348,8 +289,12 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], str]:
         amp=run.amp,
         progress=run.progress,
         desc=f"epoch {epoch + 1}/{run.epochs}",
+        tally=tally,
+        counted=sampler.counted,
+        on_step=keeper,
     )
     record: dict[str, Any] = {"epoch": epoch + 1, "train": stats.to_dict()}
+    record.update(epoch_digests(tally, run.info))
     line = (
         f"epoch {epoch + 1}/{run.epochs} | loss {stats.loss:.4f} | "
         f"{stats.images_per_s * run.info.world_size:.1f} img/s | train {_phase_text(stats)}"
@@ -357,7 +302,13 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], str]:
     return record, line
 
 
-def _validate(run: _Run, record: dict[str, Any]) -> tuple[EvalResult, str]:
+def _log_step(run: Run, state: RunState, record: dict[str, Any]) -> None:
+    """Keep a step record (rank 0) and append it to ``log.jsonl`` at once."""
+    state.steps.append(record)
+    append_record(run.out_dir / "log.jsonl", record)
+
+
+def _validate(run: Run, record: dict[str, Any]) -> tuple[EvalResult, str]:
     """Evaluate on the validation set; adds ``val`` and ``metrics`` to the epoch's ``record``
     and returns the result with the text to append to the epoch's line."""
     result = evaluate(
@@ -377,23 +328,23 @@ def _validate(run: _Run, record: dict[str, Any]) -> tuple[EvalResult, str]:
     return result, f" | val {_phase_text(result.stats)} | {metrics_text(result.metrics)}"
 
 
-def _end_epoch(run: _Run, state: _RunState, record: dict[str, Any], epoch: int) -> None:
+def _end_epoch(run: Run, state: RunState, record: dict[str, Any], epoch: int) -> None:
     """Add the epoch to the history and track the best H-mean; rank 0 writes ``last.pt``,
     ``best.pt`` when the H-mean improved, and the record to ``log.jsonl``."""
     state.history.append(record)
     hmean = record.get("metrics", {}).get("hmean")
     improved = hmean is not None and hmean > state.best
     state.best = hmean if improved else state.best
-    rng = gather_objects(rng_state(run.device, _generators(run)), run.info)  # on every rank
+    rng = gather_objects(rng_state(run.device, generators(run)), run.info)  # on every rank
     if run.info.is_main:
-        _save_epoch(run, state, epoch + 1, rng)
+        save_run_checkpoint(run, state, epoch + 1, rng)
         if improved:
-            _save_epoch(run, state, epoch + 1, rng, name="best.pt")
+            save_run_checkpoint(run, state, epoch + 1, rng, name="best.pt")
         with open(run.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def _finish(run: _Run, state: _RunState, started: float) -> dict[str, Any]:
+def _finish(run: Run, state: RunState, started: float) -> dict[str, Any]:
     """The run's summary; rank 0 also writes it to ``summary.json``."""
     summary = _summary(run, state, started)
     summary.update(
@@ -407,29 +358,7 @@ def _finish(run: _Run, state: _RunState, started: float) -> dict[str, Any]:
     return summary
 
 
-def _save_epoch(
-    run: _Run, state: _RunState, epoch: int, rng: list[dict[str, Any]], name: str = "last.pt"
-) -> None:
-    """Write a resumable checkpoint after ``epoch`` (1-based) into the output folder, with
-    each rank's random states ``rng``."""
-    learner = run.learner
-    scheduler = learner.scheduler
-    save_checkpoint(
-        run.out_dir / name,
-        {
-            "model": learner.model.state_dict(),
-            "optimizer": learner.optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch,
-            "best_hmean": state.best,
-            "history": state.history,
-            "rng": rng,
-            "config": run.config,
-        },
-    )
-
-
-def _summary(run: _Run, state: _RunState, started: float) -> dict[str, Any]:
+def _summary(run: Run, state: RunState, started: float) -> dict[str, Any]:
     """Totals of the epochs this process ran (not those before a resume)."""
     run_epochs = [r for r in state.history if r["epoch"] > state.start_epoch]
     wall = sum(r["train"]["wall_s"] + r.get("val", {}).get("wall_s", 0.0) for r in run_epochs)
@@ -450,48 +379,3 @@ def _summary(run: _Run, state: _RunState, started: float) -> dict[str, Any]:
         "final_loss": run_epochs[-1]["train"]["loss"] if run_epochs else None,
         "metrics": state.last_eval.metrics if state.last_eval else None,
     }
-
-
-def evaluate_checkpoint(
-    config: dict[str, Any],
-    checkpoint: str,
-    split: str = "val_dataset",
-    progress: bool = True,
-    keep_predictions: bool = False,
-    state: dict[str, Any] | None = None,
-    draw_dir: str | None = None,
-) -> EvalResult:
-    """Evaluate a checkpoint on ``datasets.<split>`` of ``config`` (any image source).
-
-    ``state`` is the checkpoint already read by ``load_checkpoint``, if the caller has it.
-    ``draw_dir``: also write one PNG per image there, ground truth and detections drawn
-    (``ocr.predictions.draw_predictions``; rank 0 only).
-    """
-    config = check_config(config)
-    info, device, trainer = setup_run(config)
-    try:
-        state = state if state is not None else load_checkpoint(checkpoint)
-        model_cfg = dict(section(config, "model"), weights=None)  # the checkpoint has them
-        model = build_model(model_cfg).to(device)
-        load_model_state(model, state, checkpoint)
-        dataset, loader = build_eval_loader(config, split, info)
-        result = evaluate(
-            model,
-            loader,
-            normalizer=build_normalizer(config, device),
-            post=build_postprocess(config),
-            device=device,
-            info=info,
-            iou_threshold=float(config["metric"]["iou_threshold"]),
-            amp=trainer["amp"],
-            progress=progress and info.is_main,
-            keep_predictions=keep_predictions or draw_dir is not None,
-        )
-        if draw_dir is not None and info.is_main:
-            assert result.predictions is not None and result.truths is not None
-            draw_predictions(draw_dir, dataset, result.predictions, result.truths)
-    except BaseException:
-        destroy_process_group()
-        raise
-    destroy_process_group(wait_for_peers=True)
-    return result

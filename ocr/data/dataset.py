@@ -39,6 +39,7 @@ from lmdb_cache.images import cap_pixels, decode_file
 
 from .annotations import ImageAnnotation, load_annotations
 from .collate import collate, empty_batch
+from .digest import content_checksum
 from .geometry import (
     orientation_matrix,
     polygons_in_upright_frame,
@@ -420,7 +421,8 @@ class OCRDataset(Dataset):
         ):
             to_upright = np.eye(3)
         scale = upright_to_pixels(frame)
-        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        seed = sample_seed(self.seed, self.epoch, index)
+        rng = np.random.default_rng(seed)
         result = self.transform(
             loaded.pixels, polygons.transformed(scale @ to_upright), rng, out=out_image
         )
@@ -437,11 +439,13 @@ class OCRDataset(Dataset):
             raw_size=(loaded.raw_width, loaded.raw_height),
             orientation=loaded.orientation,
             upright_size=upright_size(loaded.orientation, loaded.raw_width, loaded.raw_height),
+            seed=seed,
         )
         if self.targets is not None:
             sample.targets = self.targets(
                 result.image.shape[:2], sample.polygons, sample.ignore, out=out_maps
             )
+        sample.checksum = content_checksum(sample)
         return sample
 
 

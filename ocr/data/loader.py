@@ -108,21 +108,27 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: OCRDataset, loader_cfg: dict[str, Any], shuffle: bool = False, sampler: Any = None
+    dataset: OCRDataset,
+    loader_cfg: dict[str, Any],
+    shuffle: bool = False,
+    sampler: Any = None,
+    batch_sampler: Any = None,
 ) -> DataLoader:
     """A DataLoader of ``Batch``es (uint8 images), pinned when CUDA is available.
 
     The dataset builds each batch in one call (``OCRDataset.__getitems__``); ``collate``
     passes it through. Keys ``loader_cfg`` (a ``dataloader`` section) leaves out get their
-    defaults.
+    defaults. A ``batch_sampler`` (``ocr.sampling.GlobalBatchSampler``) makes the batches
+    itself; ``batch_size`` then comes from it.
     """
     cfg = complete(loader_cfg, "dataloader")
     workers = int(cfg["num_workers"])
     return DataLoader(
         dataset,
-        batch_size=int(cfg["batch_size"]),
-        shuffle=shuffle and sampler is None,
+        batch_size=int(cfg["batch_size"]) if batch_sampler is None else 1,
+        shuffle=shuffle and sampler is None and batch_sampler is None,
         sampler=sampler,
+        batch_sampler=batch_sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),

@@ -204,6 +204,10 @@ class Sample:
         orientation: its EXIF orientation (1..8).
         upright_size: ``(width, height)`` of the upright frame.
         targets: DBNet maps, when the dataset computes them.
+        seed: the seed of the sample's random transform (``ocr.data.dataset.sample_seed``).
+        checksum: a 64-bit checksum of the bytes the model is fed (image and maps), made
+            where the sample is built (a DataLoader worker): equal checksums mean equal
+            inputs, which tells a data difference from a compute difference between runs.
     """
 
     image: Stacked[np.ndarray]
@@ -217,6 +221,8 @@ class Sample:
     orientation: int
     upright_size: tuple[int, int]
     targets: DBNetMaps | None = None
+    seed: int | None = None
+    checksum: int | None = None
 
 
 @dataclass
@@ -239,6 +245,8 @@ class Batch:
     orientation: list[int]
     upright_size: list[tuple[int, int]]
     targets: DBNetMaps | None = None
+    seed: list[int] | None = None
+    checksum: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.filename)

@@ -1,15 +1,21 @@
 """Checkpoint errors as ocr-eval and ocr-train --resume report them: one line naming the file
-and what is wrong, exit 2 for a path that is not a checkpoint, 1 for a damaged one."""
+and what is wrong, exit 2 for a path that is not a checkpoint, 1 for a damaged one; and a
+save that a kill -9 interrupts."""
 
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
+from ocr.checkpoint import load_checkpoint
 from ocr.cli import eval_command, train_command
 
 
@@ -87,3 +93,34 @@ def test_ocr_eval_refuses_a_checkpoint_of_another_model_in_one_line(trained, tmp
     assert result.exit_code == 1
     line = _one_line_error(result.output)
     assert "does not fit the configured model (" in line and "the first: size mismatch" in line
+
+
+_SAVER = """
+import sys, torch
+from ocr.checkpoint import save_checkpoint
+weights = torch.rand(12_000_000)  # 48 MB: a save takes long enough to be hit
+for n in range(1_000_000):
+    weights[0] = n
+    save_checkpoint(sys.argv[1], {"model": {"w": weights}, "n": n})
+    print(n, flush=True)
+"""
+
+
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    path = tmp_path / "last.pt"
+    rng = random.Random(7)
+    hit = 0
+    for _ in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        first = int(proc.stdout.readline())  # one whole save done
+        time.sleep(rng.uniform(0.0, 0.4))
+        tmp_present = (tmp_path / "last.pt.tmp").exists()
+        proc.kill()
+        proc.wait()
+        hit += tmp_present
+        state = load_checkpoint(path)
+        assert state["n"] >= first and state["model"]["w"][0] == state["n"]
+    assert hit, "no kill landed during a save: make the state larger"

@@ -214,6 +214,8 @@ FORMER_FALLBACKS = {
         "resume": None,
         "seed": 0,
         "threads": None,
+        "log_every_steps": 0,
+        "checkpoint_every_steps": 0,
     },
     "dataloader": {
         "batch_size": 4,

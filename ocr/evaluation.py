@@ -1,0 +1,64 @@
+"""``ocr-eval``: evaluate a checkpoint on one split of a config, under torchrun too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .builders import (
+    build_eval_loader,
+    build_normalizer,
+    build_postprocess,
+    section,
+    setup_run,
+)
+from .checkpoint import load_checkpoint, load_model_state
+from .config import check_config
+from .distributed import destroy_process_group
+from .engine import EvalResult, evaluate
+from .models import build_model
+from .predictions import draw_predictions
+
+
+def evaluate_checkpoint(
+    config: dict[str, Any],
+    checkpoint: str,
+    split: str = "val_dataset",
+    progress: bool = True,
+    keep_predictions: bool = False,
+    state: dict[str, Any] | None = None,
+    draw_dir: str | None = None,
+) -> EvalResult:
+    """Evaluate a checkpoint on ``datasets.<split>`` of ``config`` (any image source).
+
+    ``state`` is the checkpoint already read by ``load_checkpoint``, if the caller has it.
+    ``draw_dir``: also write one PNG per image there, ground truth and detections drawn
+    (``ocr.predictions.draw_predictions``; rank 0 only).
+    """
+    config = check_config(config)
+    info, device, trainer = setup_run(config)
+    try:
+        state = state if state is not None else load_checkpoint(checkpoint)
+        model_cfg = dict(section(config, "model"), weights=None)  # the checkpoint has them
+        model = build_model(model_cfg).to(device)
+        load_model_state(model, state, checkpoint)
+        dataset, loader = build_eval_loader(config, split, info)
+        result = evaluate(
+            model,
+            loader,
+            normalizer=build_normalizer(config, device),
+            post=build_postprocess(config),
+            device=device,
+            info=info,
+            iou_threshold=float(config["metric"]["iou_threshold"]),
+            amp=trainer["amp"],
+            progress=progress and info.is_main,
+            keep_predictions=keep_predictions or draw_dir is not None,
+        )
+        if draw_dir is not None and info.is_main:
+            assert result.predictions is not None and result.truths is not None
+            draw_predictions(draw_dir, dataset, result.predictions, result.truths)
+    except BaseException:
+        destroy_process_group()
+        raise
+    destroy_process_group(wait_for_peers=True)
+    return result

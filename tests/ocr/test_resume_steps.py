@@ -1,0 +1,183 @@
+"""Step records, exact mid-epoch resume and sample sets that do not depend on the ranks.
+
+Every run here is a fresh process (``ocr-train``, or ``torchrun`` with two gloo ranks), one
+torch thread each, on nine generated receipts: with a global batch of 4 an epoch has 3 steps,
+the last one holding a single sample, which one rank of two takes while the other runs a
+filler share (``ocr.sampling``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmdb_cache import build_cache
+from ocr.checkpoint import load_checkpoint
+from tools.make_samples import generate
+
+from .runs import MAX_SIDE, tiny_config
+
+pytestmark = pytest.mark.slow
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TRAIN = [sys.executable, "-m", "ocr.cli", "train"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+
+
+@pytest.fixture(scope="module")
+def nine(tmp_path_factory):
+    """Nine receipts (folder, annotation file) and their cache."""
+    root = tmp_path_factory.mktemp("nine")
+    ann = generate(root / "img", count=9, seed=5)
+    build_cache(root / "img", root / "img.lmdb", max_side=MAX_SIDE, workers=1)
+    return root, ann
+
+
+def _config(nine, out: Path, ranks: int = 1, batch: int = 4, workers: int = 0) -> Path:
+    cfg = tiny_config(
+        nine, out, epochs=3, log_every_steps=1, checkpoint_every_steps=2, threads=1, seed=3
+    )
+    cfg["dataloader"].update(batch_size=batch // ranks, num_workers=workers)
+    cfg["datasets"]["train_dataset"]["image_cache"] = str(nine[0] / "img.lmdb")
+    path = out.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _command(ranks: int, args: list[str]) -> list[str]:
+    if ranks == 1:
+        return [*TRAIN, *args]
+    return [*TORCHRUN, str(ranks), "-m", "ocr.cli", "train", *args]
+
+
+def _run(ranks: int, args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        _command(ranks, [*args, "--quiet"]), capture_output=True, text=True, env=ENV, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _steps(out: Path) -> list[dict]:
+    return [r for r in _records(out) if "step" in r]
+
+
+def _kill_after(ranks: int, args: list[str], out: Path, records: int) -> None:
+    """Start a run, SIGKILL its whole process group once log.jsonl has ``records`` step
+    records."""
+    proc = subprocess.Popen(
+        _command(ranks, [*args, "--quiet"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = out / "log.jsonl"
+            if log.exists() and log.read_text().count('"step"') >= records:
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _equal_epochs(a: list[dict], b: list[dict]) -> None:
+    """The epoch records agree on everything but the time and throughput of the pass."""
+    keys = ("epoch", "samples", "data", "metrics")
+    for x, y in zip(a, b, strict=True):
+        assert {k: x.get(k) for k in keys} == {k: y.get(k) for k in keys}
+        assert x["train"]["loss"] == y["train"]["loss"]
+        assert x["train"]["loss_parts"] == y["train"]["loss_parts"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(nine, tmp_path_factory):
+    """The step and epoch records of whole runs, by (ranks, workers)."""
+    runs = {}
+    for ranks, workers in ((1, 0), (2, 0)):
+        out = tmp_path_factory.mktemp("whole") / f"r{ranks}w{workers}"
+        _run(ranks, ["-c", str(_config(nine, out, ranks, workers=workers))])
+        runs[ranks, workers] = _records(out)
+    return runs
+
+
+@pytest.mark.parametrize(("ranks", "workers"), [(1, 0), (1, 2), (2, 0)])
+def test_run_killed_mid_epoch_resumes_with_the_step_records_of_an_uninterrupted_run(
+    nine, uninterrupted, tmp_path, ranks, workers
+):
+    out = tmp_path / "run"
+    _kill_after(ranks, ["-c", str(_config(nine, out, ranks, workers=workers))], out, 5)
+    saved = load_checkpoint(out / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 1), "last.pt holds global step 4"
+    _run(ranks, ["--resume", str(out / "last.pt")])
+    whole = uninterrupted[ranks, 0]  # the workers change nothing
+    records = _records(out)
+    steps = [r for r in records if "step" in r]
+    assert [r["step"] for r in steps] == list(range(1, 10))
+    assert steps == [r for r in whole if "step" in r]  # loss to the bit, digests
+    _equal_epochs([r for r in records if "train" in r], [r for r in whole if "train" in r])
+
+
+def test_one_rank_and_two_ranks_see_the_same_sample_sets_at_every_step(uninterrupted):
+    one = [r for r in uninterrupted[1, 0] if "step" in r]
+    two = [r for r in uninterrupted[2, 0] if "step" in r]
+    assert len(one) == len(two) == 9
+    for a, b in zip(one, two, strict=True):
+        assert (a["step"], a["samples"], a["data"], a["images"]) == (
+            b["step"],
+            b["samples"],
+            b["data"],
+            b["images"],
+        )
+    assert [r["images"] for r in one[:3]] == [4, 4, 1]  # the last step's filler is not counted
+    epochs = [
+        [r for r in run if "train" in r] for run in (uninterrupted[1, 0], uninterrupted[2, 0])
+    ]
+    assert [r["samples"] for r in epochs[0]] == [r["samples"] for r in epochs[1]]
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 1)])
+def test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks_with_the_same_samples(
+    nine, uninterrupted, tmp_path, before, after
+):
+    out = tmp_path / "run"
+    _kill_after(before, ["-c", str(_config(nine, out, before))], out, 5)
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["step"] > 0, "a mid-epoch checkpoint"
+    _run(after, ["--resume", str(out / "last.pt"), f"dataloader.batch_size={4 // after}"])
+    steps = _steps(out)
+    whole = [r for r in uninterrupted[after, 0] if "step" in r]
+    assert [(r["step"], r["samples"], r["data"]) for r in steps] == [
+        (r["step"], r["samples"], r["data"]) for r in whole
+    ]
+
+
+def test_mid_epoch_resume_with_another_global_batch_is_refused(nine, tmp_path):
+    out = tmp_path / "run"
+    _kill_after(1, ["-c", str(_config(nine, out))], out, 5)
+    proc = subprocess.run(
+        [*TRAIN, "--resume", str(out / "last.pt"), "dataloader.batch_size=2", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "global batch of 4" in proc.stderr and "this run's is 2" in proc.stderr

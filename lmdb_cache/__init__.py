@@ -12,6 +12,7 @@ beside them (errors, geometry, images, annotations, draw, reporting) serve all f
 
 from ._version import __version__
 from .check.copy import CopyResult, copy_cache
+from .check.diff import StoreDiff, diff_caches
 from .check.findings import Finding, ValidationReport
 from .check.freshness import changed_sources
 from .check.validate import validate_cache
@@ -58,12 +59,14 @@ __all__ = [
     "SettingsMismatchError",
     "StaleCacheError",
     "StoreDamagedError",
+    "StoreDiff",
     "TruncatedStoreError",
     "ValidationReport",
     "build_cache",
     "changed_sources",
     "copy_cache",
     "decode_file",
+    "diff_caches",
     "open_cache",
     "validate_cache",
     "__version__",

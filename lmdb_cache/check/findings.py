@@ -1,7 +1,8 @@
 """What ``validate-cache`` finds: typed findings (kind, key, message, fix) and the report.
 
 A finding names the command that mends it by kind (:data:`UPDATE`: re-run the build,
-:data:`REBUILD`: build anew); :class:`Fixes` spells that command out with the store's real
+:data:`REBUILD`: build anew, :data:`RECOMMIT`: any commit, for a fault of the manifest alone);
+:class:`Fixes` spells that command out with the store's real
 paths, once they are known (the walk that finds a problem may run in a child process, before
 the manifest says where the store was built from).
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 UPDATE = "update"
 REBUILD = "rebuild"
+RECOMMIT = "recommit"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,16 @@ class Fixes:
             self.source = manifest["source_root"]
 
     def text(self, fix: str | None) -> str | None:
-        """The sentence of a fix kind (:data:`UPDATE`, :data:`REBUILD`), or None."""
-        if fix == UPDATE:
+        """The sentence of a fix kind (:data:`UPDATE`, :data:`REBUILD`, :data:`RECOMMIT`), or
+        None."""
+        if fix == RECOMMIT and self.source == "SRC":
+            # No folder to update from (a store CacheWriter wrote): build-cache would drop its
+            # records; a writer that adds nothing commits the manifest again.
+            return (
+                f"commit it again with 'lmdb_cache.CacheWriter({self.path!r}).close()' in "
+                f"Python (or 'build-cache SRC -o {self.path}' if it was built from a folder)"
+            )
+        if fix in (UPDATE, RECOMMIT):
             return f"run 'build-cache {self.source} -o {self.path}' to update it"
         if fix == REBUILD:
             return f"rebuild it with 'build-cache {self.source} -o {self.path} --rebuild'"

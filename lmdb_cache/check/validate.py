@@ -8,9 +8,11 @@ Checks, in order:
    mapping), while a read snapshot pins the pages it walks;
 3. the records: the format and version, that the last build finished, every record's metadata
    checksum and schema, that every key a database lists can also be looked up, every pixel
-   length and checksum, every failure entry, and the manifest's counts. Every LMDB error met is
-   a problem naming the database and key. When step 2 found damage, this walk runs in a child
-   process: if the damage faults it, the report says so and the caller lives on;
+   length and checksum, every failure entry, the manifest's counts and its records digest (the
+   store's identity, ``format.identity``, worked out again from the records walked). Every
+   LMDB error met is a problem naming the database and key. When step 2 found damage, this
+   walk runs in a child process: if the damage faults it, the report says so and the caller
+   lives on;
 4. with a source folder: stale entries (changed, missing or new sources; a source recorded as
    failed at build time is a warning, not a problem); with an annotation file: that every
    annotated image is in the cache.
@@ -38,6 +40,7 @@ from ..errors import (
     TruncatedStoreError,
 )
 from ..format import codecs
+from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_problem, stored_digest
 from ..format.lmdbfile import check_data_file
 from ..format.schema import (
     DB_FAILURES,
@@ -56,7 +59,7 @@ from ..images import read_source, scan_images
 from ..read.environment import checked_structure
 from ..read.reader import CacheReader
 from ..reporting import Progress, as_progress
-from .findings import REBUILD, UPDATE, Finding, Fixes, ValidationReport
+from .findings import REBUILD, RECOMMIT, UPDATE, Finding, Fixes, ValidationReport
 from .isolated import ChildCrashed, call_isolated
 
 __all__ = ["Finding", "ValidationReport", "validate_cache"]
@@ -206,6 +209,7 @@ class _RecordWalk:
         self.out["images"] = len(self.metas)
         self._check_failures()
         self._check_manifest()
+        self._check_digest()
         self.out["metas"] = {
             key: {n: m[n] for n in SOURCE_FIELDS if n in m} if m else {}
             for key, m in self.metas.items()
@@ -343,6 +347,41 @@ class _RecordWalk:
                 None,
                 f"manifest says {manifest['failed']} failed sources, the store lists {failed}",
                 UPDATE,
+            )
+
+    def _check_digest(self) -> None:
+        """The manifest's records digest against the records walked (a forged or stale one
+        would give the store a wrong identity)."""
+        manifest = self.out["manifest"]
+        malformed = digest_problem(manifest)
+        if malformed is not None:
+            self.problem("identity", None, f"manifest {DIGEST_FIELD} {malformed}", RECOMMIT)
+            return
+        stored = stored_digest(manifest)
+        if stored is None:
+            self.out["warnings"].append(
+                [
+                    "identity",
+                    None,
+                    f"the manifest holds no {DIGEST_FIELD} for its last commit (written before "
+                    "it was kept, or updated by such a writer): readers work out the store's "
+                    "identity by reading every record's metadata; the next update writes it",
+                ]
+            )
+            return
+        if any(not meta for meta in self.metas.values()):
+            return  # damaged records are reported on their own; their hashes are unknown
+        if manifest["images"] != len(self.metas):
+            return  # a manifest-mismatch already, with the same fix
+        walked = RecordsDigest.of(self.metas.items())
+        if walked != stored:
+            self.problem(
+                "identity",
+                None,
+                f"manifest {DIGEST_FIELD} is {stored.hex()}, the {len(self.metas)} records give "
+                f"{walked.hex()}: the store's identity would be wrong (a forged or stale "
+                "manifest)",
+                RECOMMIT,
             )
 
 

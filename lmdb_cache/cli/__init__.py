@@ -1,9 +1,10 @@
 """The command line, the only room that prints or exits: ``build-cache``, ``validate-cache``,
 ``cache-info`` and the ``lmdb-cache`` group (``build``, ``validate``, ``info``, ``copy``,
-``ls``, ``show``).
+``ls``, ``show``, ``diff``).
 
 ``build`` holds ``build-cache``; ``commands`` the group and the commands that validate,
 describe and copy a store; ``inspect`` the ones that look inside (``ls``, ``show``);
+``compare`` the one that compares two stores (``diff``);
 ``progress`` what they share (the progress bar, JSON output, usage errors). It may import
 every other room.
 """
@@ -19,6 +20,7 @@ from .commands import (
     validate_cache_main,
     validate_command,
 )
+from .compare import diff_command
 from .inspect import ls_command, show_command
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "cache_info_main",
     "cli",
     "copy_command",
+    "diff_command",
     "info_command",
     "ls_command",
     "main",

@@ -1,5 +1,6 @@
 """The ``lmdb-cache`` group and the commands that build, validate, describe and copy a store
-(also installed as ``build-cache``, ``validate-cache`` and ``cache-info``).
+(also installed as ``build-cache``, ``validate-cache`` and ``cache-info``); ``compare`` holds
+``diff``.
 
 Only ``cli`` prints or exits. Exit status: 0 success, 1 failure or problems found,
 2 usage error (bad arguments, or settings that contradict an existing cache).
@@ -24,6 +25,7 @@ from ..read.reader import open_cache
 from ..reporting import human_bytes
 from ..write.build import default_output
 from .build import build_command
+from .compare import diff_command
 from .inspect import ls_command, show_command
 from .progress import CONTEXT, Bar, emit_json, fail_usage
 
@@ -61,10 +63,11 @@ def validate_command(
 
     Checks that data.mdb is as long as LMDB needs, LMDB's own structure (with its offline
     verifier), the format version, every record's metadata checksum and schema, that every
-    listed key can be read, every pixel length and checksum, and the manifest's counts; with
-    --source, stale entries; with --annotations, that every annotated image is present. Images
-    that failed at build time are warnings. A damaged cache always gives a report (each
-    problem names the database, the key and the fix), never a crash.
+    listed key can be read, every pixel length and checksum, the manifest's counts and its
+    records digest (the store's identity); with --source, stale entries; with --annotations,
+    that every annotated image is present. Images that failed at build time are warnings. A
+    damaged cache always gives a report (each problem names the database, the key and the
+    fix), never a crash.
 
     Exit status: 0 healthy, 1 problems found, 2 usage error.
 
@@ -114,7 +117,12 @@ def validate_command(
 @click.argument("cache", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def info_command(cache: str, as_json: bool) -> None:
-    """Show CACHE's manifest: format, settings, counts and sizes.
+    """Show CACHE's manifest: format, settings, counts, sizes and identity.
+
+    The identity (32 hex digits) is the same for two stores with the same settings and records
+    (a copy, a rebuild of the same images) and differs once a record or setting does; compare
+    two stores with 'lmdb-cache diff A B'. A store written before its manifest kept a records
+    digest is read through once to work it out.
 
     \b
     Example:
@@ -122,11 +130,16 @@ def info_command(cache: str, as_json: bool) -> None:
     """
     import os
 
+    identity_error = None
     try:
-        with open_cache(cache) as reader:
+        with open_cache(cache, snapshot_seconds=None) as reader:
             manifest = dict(reader.manifest)
             failures = reader.failures()
             entries = len(reader)
+            try:
+                identity: str | None = reader.identity
+            except CacheError as e:  # a damaged record met by the walk of an older store
+                identity, identity_error = None, str(e)
     except CacheNotFoundError as e:
         fail_usage(str(e))
         return
@@ -142,6 +155,8 @@ def info_command(cache: str, as_json: bool) -> None:
         "path": cache,
         **manifest,
         "entries": entries,
+        "identity": identity,
+        **({"identity_error": identity_error} if identity_error else {}),
         "file_bytes": disk,
         "failures": [{"key": k, "reason": r} for k, r in failures],
     }
@@ -157,6 +172,7 @@ def info_command(cache: str, as_json: bool) -> None:
         + ("yes" if manifest["complete"] else "NO (build interrupted; re-run build-cache)")
     )
     click.echo(f"images:       {entries}")
+    click.echo(f"identity:     {identity or f'unknown ({identity_error})'}")
     click.echo(f"pixel bytes:  {human_bytes(manifest['total_bytes'])}")
     click.echo(f"file size:    {human_bytes(disk)}")
     click.echo(f"max side:     {cap}")
@@ -251,8 +267,8 @@ def cli() -> None:
 
     Build it once with 'build', check it with 'validate', inspect it with 'info', list its
     records with 'ls', look at one image (and its polygons) with 'show', ship it to another
-    machine's local disk with 'copy'. The first three also exist as build-cache,
-    validate-cache and cache-info.
+    machine's local disk with 'copy', compare two stores with 'diff'. The first three also
+    exist as build-cache, validate-cache and cache-info.
 
     \b
     Examples:
@@ -262,6 +278,7 @@ def cli() -> None:
       lmdb-cache ls data/val.lmdb
       lmdb-cache show data/val.lmdb receipt_001.jpg -o receipt.png --annotations data/val.json
       lmdb-cache copy data/val.lmdb /local/ssd/val.lmdb
+      lmdb-cache diff data/val.lmdb /local/ssd/val.lmdb
     """
 
 
@@ -271,6 +288,7 @@ cli.add_command(info_command)
 cli.add_command(copy_command)
 cli.add_command(ls_command)
 cli.add_command(show_command)
+cli.add_command(diff_command)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import MissingImageError, key_type_error
 from ..format.settings import check_reproduces
 from .handle import DEFAULT_SNAPSHOT_SECONDS, StoreHandle
+from .identity import snapshot_identity
 from .order import StorageOrder
 from .raw import RawAccess
 from .records import Record
@@ -142,6 +143,17 @@ class CacheReader(StorageOrder):
         """The folder the store was last built from (absolute), or None for a store written
         only from arrays."""
         return self._handle.snapshot().manifest.get("source_root") or None
+
+    @property
+    def identity(self) -> str:
+        """The store's identity (32 hex digits) as of this snapshot, the same for equal settings
+        and records whatever the build time, paths or order. O(1) from the manifest; O(n) once
+        per snapshot for a store written before it kept a records digest (docs/format.md).
+
+        Raises:
+            CorruptRecordError, StoreDamagedError: that walk met a damaged record.
+        """
+        return snapshot_identity(self._handle.snapshot())
 
     def check_settings(self, max_side: int | None = None, resample: str = "bilinear") -> None:
         """Raise unless this store's pixels, capped by ``max_side`` with ``resample``, are

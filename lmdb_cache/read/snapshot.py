@@ -57,7 +57,8 @@ class Entry(NamedTuple):
 
 @dataclass
 class Snapshot:
-    """What one read transaction sees; cached per snapshot: the key list and the entries read."""
+    """What one read transaction sees; cached per snapshot: the key list, the entries read and
+    the store's identity."""
 
     txn: lmdb.Transaction
     dbs: dict[bytes, Any]
@@ -68,6 +69,7 @@ class Snapshot:
     keys: list[str] | None = None
     entries: dict[str, Entry] = field(default_factory=dict)
     path: str = ""
+    identity: str | None = None  # the store's, once asked (``read.identity``)
 
     def get(self, db: bytes, ekey: bytes, key: str) -> Any:
         """The stored value under ``ekey`` (a buffer of the snapshot), or None; its extent is

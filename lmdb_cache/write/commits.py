@@ -32,7 +32,9 @@ from .store import WriteStore
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The UTC time to the microsecond: the manifest's stamp. Writers before the records digest
+    wrote whole seconds, so a digest they copied forward never matches their stamp."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Batch:
@@ -40,8 +42,8 @@ class Batch:
 
     Records go through the batch, which keeps the writer's :class:`~.index.RecordIndex` in
     step, so the manifest of each commit (record count, pixel bytes, format version: the
-    index's rule for the records it holds and the writer's ``codec``) is that of the store the
-    transaction leaves.
+    index's rule for the records it holds and the writer's ``codec``; the records digest of
+    the store's identity) is that of the store the transaction leaves.
     """
 
     def __init__(
@@ -101,12 +103,9 @@ class Batch:
 
     def commit(self, final: bool = False) -> None:
         self.manifest.update(
-            images=len(self.index),
-            total_bytes=self.index.total_bytes,
             failed=len(self.failed),
             complete=final,
-            updated=now(),
-            format_version=self.index.format_version(self.codec),
+            **self.index.manifest_fields(self.codec, now()),
         )
         self.ops.append((DB_MANIFEST, MANIFEST_KEY, seal(self.manifest, MANIFEST_KEY)))
         try:

@@ -2,8 +2,8 @@
 
 A writer reads every record's metadata once when it opens the store (``commits.stored_records``)
 and keeps this index up to date with each record it queues, so the manifest it commits with
-them (record count, pixel bytes, format version) always agrees with what the transaction
-leaves in the store.
+them (record count, pixel bytes, format version, records digest) always agrees with what the
+transaction leaves in the store.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from ..format import codecs
+from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_entry
 from ..format.schema import has_source
 from ..format.versions import required_version
 
@@ -35,6 +36,9 @@ class RecordIndex:
         self._bytes = 0
         self._extended = 0
         self._codecs: Counter[str] = Counter()
+        # Recomputed from the records at every open: a digest the manifest held (perhaps
+        # stale or forged) is never carried forward.
+        self._digest = RecordsDigest()
         for key, meta in metas.items():
             self.put(key, meta)
 
@@ -70,6 +74,7 @@ class RecordIndex:
         self._bytes += meta["nbytes"]
         self._extended += is_extended(meta)
         self._codecs[codecs.of(meta).name] += 1
+        self._digest.add(key, meta)
 
     def pop(self, key: str) -> dict[str, Any] | None:
         """Forget ``key``'s record; its metadata, or None when it had none."""
@@ -78,6 +83,7 @@ class RecordIndex:
             self._bytes -= meta["nbytes"]
             self._extended -= is_extended(meta)
             self._codecs[codecs.of(meta).name] -= 1
+            self._digest.remove(key, meta)
         return meta
 
     def needing_recode(self, codec: str, level: int | None, skip: set[str]) -> list[str]:
@@ -93,3 +99,15 @@ class RecordIndex:
         ``codec``: 4 with an extended record, else the highest of its codecs' versions."""
         held = {codecs.get(name).format_version for name, n in self._codecs.items() if n > 0}
         return required_version(held | {codecs.get(codec).format_version}, self._extended > 0)
+
+    def manifest_fields(self, codec: str, updated: str) -> dict[str, Any]:
+        """The manifest fields that describe these records, for a commit stamped ``updated``
+        by a writer of ``codec``: ``images``, ``total_bytes``, ``format_version``, ``updated``
+        and the records digest bound to that stamp (``format.identity``)."""
+        return {
+            "images": len(self),
+            "total_bytes": self.total_bytes,
+            "format_version": self.format_version(codec),
+            "updated": updated,
+            DIGEST_FIELD: digest_entry(self._digest, updated),
+        }

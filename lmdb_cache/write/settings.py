@@ -32,6 +32,7 @@ from ..format.settings import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from ..format.versions import FORMAT_NAME
 from ..images import resample_filter
 from .commits import now
+from .index import RecordIndex
 from .store import WriteStore, existing_entries, store_exists
 
 
@@ -213,13 +214,14 @@ def start_manifest(
     existing: dict | None,
     source_root: str | None,
     warnings: list[str],
-    format_version: int,
+    index: RecordIndex,
 ) -> dict:
     """The manifest a writer maintains, written now with ``complete: false``.
 
     ``source_root``: the folder a build reads (its real path is recorded), or None to keep
     the store's (``""`` for a new store written from arrays and files named one by one).
-    ``format_version``: what the store needs (``index.RecordIndex.format_version``).
+    ``index``: what the store holds; its counts, format version and records digest
+    (``index.RecordIndex.manifest_fields``) replace the old manifest's.
     """
     if existing is not None:
         old = existing["settings"]
@@ -255,9 +257,8 @@ def start_manifest(
             "total_bytes": 0,
             "source_root": "",
         }
-    manifest["format_version"] = format_version
     if source_root is not None:
         manifest["source_root"] = os.path.realpath(source_root)
-    manifest.update(complete=False, updated=now())
+    manifest.update(complete=False, **index.manifest_fields(settings["codec"], now()))
     store.write([(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))], 0)
     return manifest

@@ -183,8 +183,7 @@ class CacheWriter:
                 "again"
             )
         root = None if root is None else os.fspath(root)
-        version = index.format_version(self.settings["codec"])
-        manifest = start_manifest(self._store, self.settings, existing, root, warnings, version)
+        manifest = start_manifest(self._store, self.settings, existing, root, warnings, index)
         batch = Batch(self._store, manifest, failed, index, self.settings["codec"])
         assert self._pipeline is not None
         return WriteSession(

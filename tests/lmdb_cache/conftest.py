@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from lmdb_cache import build_cache
+from lmdb_cache import CacheWriter, build_cache
 from lmdb_cache.cli import build_command
 
 ORIENTATION_TAG = 0x0112
@@ -64,6 +64,24 @@ def save_image(path: Path, image: Image.Image, orientation: int | None = None) -
         exif[ORIENTATION_TAG] = orientation
         options["exif"] = exif
     image.save(path, **options)
+    return path
+
+
+def random_arrays(count: int = 6, seed: int = 7) -> dict[str, np.ndarray]:
+    """``count`` small random RGB arrays of different sizes, keyed ``img_0``, ``img_1``..."""
+    rng = np.random.default_rng(seed)
+    return {
+        f"img_{i}": rng.integers(0, 256, size=(8 + i, 11 + 2 * i, 3), dtype=np.uint8)
+        for i in range(count)
+    }
+
+
+def write_arrays(path: Path, images: dict[str, np.ndarray]) -> Path:
+    """A store of ``images`` written with CacheWriter in the dict's order; each record's extra
+    is ``{"label": KEY}`` (the key upper-cased)."""
+    with CacheWriter(path) as writer:
+        for key, image in images.items():
+            writer.add(key, image=image, extra={"label": key.upper()})
     return path
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import lmdb
 import msgpack
 
+from lmdb_cache import CacheReader
+
 
 def sealed(value: object, key: bytes) -> bytes:
     """``value`` (an object to msgpack, or raw payload bytes) with a correct seal."""
@@ -34,6 +36,25 @@ def put_raw(store: Path, db: bytes, key: bytes, value: bytes | None) -> None:
                 txn.put(key, value, db=handle)
     finally:
         env.close()
+
+
+def manifest_of(store: Path) -> dict:
+    """The store's manifest, as a reader decodes it."""
+    with CacheReader(store) as reader:
+        return reader.info
+
+
+def put_manifest(store: Path, manifest: dict) -> None:
+    """Replace the store's manifest with ``manifest``, correctly sealed."""
+    put_raw(store, b"manifest", b"manifest", sealed(manifest, b"manifest"))
+
+
+def strip_digest(store: Path) -> None:
+    """Make ``store`` look written before the manifest kept its records digest: the same
+    manifest without the ``records_digest`` field."""
+    manifest = manifest_of(store)
+    del manifest["records_digest"]
+    put_manifest(store, manifest)
 
 
 # A build whose decoding is slowed down (``seconds`` per image), so that a test can act while it

@@ -264,7 +264,10 @@ def test_help_shows_examples(name):
 def test_group_help_lists_the_subcommands():
     result = invoke(cli, "--help")
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
-    assert (result.exit_code, listed) == (0, {"build", "validate", "info", "copy", "ls", "show"})
+    assert (result.exit_code, listed) == (
+        0,
+        {"build", "validate", "info", "copy", "ls", "show", "diff"},
+    )
 
 
 def test_build_of_a_folder_without_images_is_an_error_and_writes_nothing(tmp_path):

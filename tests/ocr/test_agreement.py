@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lmdb_cache import CacheReader, build_cache
-from lmdb_cache.cli.commands import main as lmdb_cache_main
+from lmdb_cache.cli import cli as lmdb_cache_main
 
 from .runs import MAX_SIDE, tiny_config
 

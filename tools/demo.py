@@ -2,6 +2,7 @@
 
     python tools/demo.py                 # a few minutes on 2 CPU cores
     python tools/demo.py --epochs 8      # quicker, lower H-mean
+    python tools/demo.py --data /tmp/demo2 --runs /tmp/demo2/runs   # beside a running demo
 
 Steps, each a real command run in a fresh process (printed as it runs):
 
@@ -12,7 +13,15 @@ Steps, each a real command run in a fresh process (printed as it runs):
 4. ``ocr-eval`` scores the cache run's checkpoint reading from disk, a RAM preload and the
    cache;
 
-then prints wall time, data-wait share and H-mean for the disk and cache runs.
+then prints wall time, data-wait share and H-mean for the disk and cache runs. It exits 1
+when the two runs end with different metrics or log different records; it then prints the
+first record of their ``log.jsonl`` that differs, whether the runs were fed different data or
+only computed differently, and their environments (threads, library versions, CPU).
+
+One demo at a time per folder: the demo holds a lock in its data folder (``data/demo``) and
+in its run folder (``runs/demo``), so a second demo in the same checkout stops at once (exit
+2) instead of deleting the first one's images and runs under it; give it ``--data`` and
+``--runs`` folders of its own to run both.
 """
 
 from __future__ import annotations
@@ -27,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: only tools/ is on the path
+    sys.path.insert(0, str(ROOT))
+
+from tools.folder_lock import FolderBusyError, hold_folders  # noqa: E402
+from tools.runlog import Divergence, LogError, first_divergence, step_log_overrides  # noqa: E402
+
 CONFIG = "configs/demo.yaml"
+# The folders configs/demo.yaml reads and writes; --data and --runs name others.
+DATA = Path("data/demo")
+RUNS = Path("runs/demo")
 
 
 def _script(name: str) -> str:
@@ -54,8 +72,17 @@ def _run(cmd: list[str], capture: bool = False) -> tuple[float, str]:
     return elapsed, proc.stdout or ""
 
 
+def _arg(path: Path) -> str:
+    """``path`` as a command argument: relative to the checkout (where the commands run) when
+    inside it, so the printed commands stay short."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _train(name: str, out: Path, epochs: int, overrides: list[str]) -> dict[str, Any]:
-    cmd = [_script("ocr-train"), "--config", CONFIG, "--output", str(out / name), "--quiet"]
+    cmd = [_script("ocr-train"), "--config", CONFIG, "--output", _arg(out / name), "--quiet"]
     cmd += ["--epochs", str(epochs), *overrides]
     started = time.time()
     wall, _ = _run(cmd)
@@ -65,7 +92,7 @@ def _train(name: str, out: Path, epochs: int, overrides: list[str]) -> dict[str,
 
 
 def _eval(checkpoint: Path, overrides: list[str]) -> dict[str, Any]:
-    cmd = [_script("ocr-eval"), "-k", str(checkpoint), "--config", CONFIG, "--json", *overrides]
+    cmd = [_script("ocr-eval"), "-k", _arg(checkpoint), "--config", CONFIG, "--json", *overrides]
     started = time.time()
     wall, stdout = _run(cmd, capture=True)
     result = json.loads(stdout)
@@ -75,9 +102,27 @@ def _eval(checkpoint: Path, overrides: list[str]) -> dict[str, Any]:
 
 def _cache_overrides(data: Path) -> list[str]:
     return [
-        f"datasets.train_dataset.image_cache={data / 'train.lmdb'}",
-        f"datasets.val_dataset.image_cache={data / 'val.lmdb'}",
+        f"datasets.train_dataset.image_cache={_arg(data / 'train.lmdb')}",
+        f"datasets.val_dataset.image_cache={_arg(data / 'val.lmdb')}",
     ]
+
+
+def _data_overrides(data: Path) -> list[str]:
+    """Point the config's datasets at ``data`` (none needed for the config's own folder)."""
+    if data == ROOT / DATA:
+        return []
+    sets = (("train_dataset", "train"), ("val_dataset", "val"), ("test_dataset", "val"))
+    return [
+        f"datasets.{split}.{key}={_arg(data / name)}{suffix}"
+        for split, name in sets
+        for key, suffix in (("image_path", ""), ("annotation_path", ".json"))
+    ]
+
+
+def _folder(given: Path | None, default: Path) -> Path:
+    """A folder option: relative to the working directory when given, else the default in
+    the checkout."""
+    return ROOT / default if given is None else given.resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="exit 1 when the val H-mean ends below this (0.5): the model did not learn",
     )
-    parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="run folders")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"folder for the generated receipts and their caches ({DATA} in the checkout); "
+        "its train/, val/, *.json and *.lmdb are replaced",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help=f"folder for the two runs, disk/ and cache/ ({RUNS} in the checkout); "
+        "those two are replaced",
+    )
     parser.add_argument(
         "--json",
         type=Path,
@@ -104,49 +162,39 @@ def main(argv: list[str] | None = None) -> int:
         "end time, for tools/gpu_check.sh)",
     )
     args = parser.parse_args(argv)
-    data = Path("data/demo")
-    python = sys.executable
-
-    for name, count, seed in (("train", args.train_count, 1), ("val", args.val_count, 2)):
-        shutil.rmtree(ROOT / data / name, ignore_errors=True)
-        shutil.rmtree(ROOT / data / f"{name}.lmdb", ignore_errors=True)
-        _run(
-            [
-                python,
-                "tools/make_samples.py",
-                str(data / name),
-                "--count",
-                str(count),
-                "--seed",
-                str(seed),
-            ]
+    args.data, args.runs = _folder(args.data, DATA), _folder(args.runs, RUNS)
+    try:
+        with hold_folders(args.data, args.runs):
+            return _demo(args)
+    except FolderBusyError as e:
+        print(
+            f"error: another demo is running in this checkout ({e.holder}) with {e.folder}; "
+            "wait for it or pass --runs/--data to use other folders",
+            file=sys.stderr,
         )
-    build_s = 0.0
-    for name in ("train", "val"):
-        elapsed, _ = _run(
-            [_script("build-cache"), str(data / name), "--max-side", str(args.max_side), "--quiet"]
-        )
-        build_s += elapsed
-    shutil.rmtree(ROOT / args.runs, ignore_errors=True)
-    max_side = [f"datasets.{s}.max_side={args.max_side}" for s in ("train_dataset", "val_dataset")]
-    disk = _train("disk", args.runs, args.epochs, max_side)
-    cache = _train("cache", args.runs, args.epochs, max_side + _cache_overrides(data))
+        return 2
 
-    checkpoint = args.runs / "cache" / "last.pt"
-    val_max = f"datasets.val_dataset.max_side={args.max_side}"
-    evals = {
-        "disk": _eval(checkpoint, [val_max]),
-        "preload": _eval(checkpoint, [val_max, "datasets.val_dataset.preload_images=true"]),
-        "cache": _eval(checkpoint, [val_max, _cache_overrides(data)[1]]),
-    }
+
+def _demo(args: argparse.Namespace) -> int:
+    """The demo's steps, with its folders held; returns the exit status."""
+    build_s = _make_data(args)
+    disk, cache, evals = _train_and_evaluate(args)
     _report(disk, cache, evals, build_s, args)
+    divergence = _divergence(args.runs)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"train": {"disk": disk, "cache": cache}, "eval": evals, "build_cache_s": build_s}
+        doc = {
+            "train": {"disk": disk, "cache": cache},
+            "eval": evals,
+            "build_cache_s": build_s,
+            "divergence": divergence.to_dict() if divergence is not None else None,
+        }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     problems = []
     if disk["metrics"] != cache["metrics"]:
         problems.append("the disk and cache runs ended with different metrics")
+    elif divergence is not None:
+        problems.append("the disk and cache runs logged different records")
     if (
         len({json.dumps([e[k] for k in ("precision", "recall", "hmean")]) for e in evals.values()})
         != 1
@@ -158,7 +206,90 @@ def main(argv: list[str] | None = None) -> int:
         )
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
+    if divergence is not None or disk["metrics"] != cache["metrics"]:
+        for line in _explain(divergence, disk, cache):
+            print(line, file=sys.stderr)
     return 1 if problems else 0
+
+
+def _make_data(args: argparse.Namespace) -> float:
+    """Generate the train and val receipts and build their caches; returns build-cache's
+    seconds."""
+    data = args.data
+    for name, count, seed in (("train", args.train_count, 1), ("val", args.val_count, 2)):
+        shutil.rmtree(data / name, ignore_errors=True)
+        shutil.rmtree(data / f"{name}.lmdb", ignore_errors=True)
+        sizes = ["--count", str(count), "--seed", str(seed)]
+        _run([sys.executable, "tools/make_samples.py", _arg(data / name), *sizes])
+    build_s = 0.0
+    for name in ("train", "val"):
+        elapsed, _ = _run(
+            [_script("build-cache"), _arg(data / name), "--max-side", str(args.max_side), "--quiet"]
+        )
+        build_s += elapsed
+    return build_s
+
+
+def _train_and_evaluate(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Train from disk and from the cache, then evaluate the cache run's checkpoint from
+    disk, preload and cache; returns the two summaries and the evaluations."""
+    data, runs = args.data, args.runs
+    for name in ("disk", "cache"):
+        shutil.rmtree(runs / name, ignore_errors=True)
+    max_side = [f"datasets.{s}.max_side={args.max_side}" for s in ("train_dataset", "val_dataset")]
+    # Step records (once ocr-train knows trainer.log_every_steps) show where runs part.
+    common = max_side + _data_overrides(data) + step_log_overrides(ROOT / CONFIG)
+    disk = _train("disk", runs, args.epochs, common)
+    cache = _train("cache", runs, args.epochs, common + _cache_overrides(data))
+
+    checkpoint = runs / "cache" / "last.pt"
+    val = [f"datasets.val_dataset.max_side={args.max_side}", *_data_overrides(data)]
+    evals = {
+        "disk": _eval(checkpoint, val),
+        "preload": _eval(checkpoint, [*val, "datasets.val_dataset.preload_images=true"]),
+        "cache": _eval(checkpoint, [*val, _cache_overrides(data)[1]]),
+    }
+    return disk, cache, evals
+
+
+def _divergence(runs: Path) -> Divergence | None:
+    """Where the two runs' logs first differ (None when they agree)."""
+    try:
+        return first_divergence(runs / "disk" / "log.jsonl", runs / "cache" / "log.jsonl")
+    except LogError as e:
+        print(f"warning: cannot compare the runs' logs: {e}", file=sys.stderr)
+        return None
+
+
+def _explain(
+    divergence: Divergence | None, disk: dict[str, Any], cache: dict[str, Any]
+) -> list[str]:
+    """Where the disk and cache runs parted, why, and the environments they ran in."""
+    if divergence is None:
+        lines = ["the runs' log.jsonl agree; only the final metrics differ"]
+    else:
+        lines = divergence.describe("disk", "cache")
+    return lines + _environment_lines(disk.get("environment"), cache.get("environment"))
+
+
+def _environment_lines(disk: Any, cache: Any) -> list[str]:
+    """The runs' environments (their summary.json's ``environment``), one line each."""
+    from ocr.runinfo import environment_line, run_environment
+
+    if disk is None and cache is None:
+        return [
+            "the runs' summary.json record no environment; this process (not the runs, whose "
+            f"trainer.threads may differ): {environment_line(run_environment())}"
+        ]
+    if disk == cache:
+        return [f"environment of both runs: {environment_line(disk)}"]
+    return [
+        f"environment of the {name} run: "
+        + (environment_line(env) if env is not None else "not recorded")
+        for name, env in (("disk", disk), ("cache", cache))
+    ]
 
 
 def _speedup(disk_s: float, cache_s: float) -> str:
@@ -223,7 +354,7 @@ def _report(
         == 1
     )
     print(
-        f"\nocr-eval of {args.runs / 'cache' / 'last.pt'} on the {args.val_count} val images "
+        f"\nocr-eval of {_arg(args.runs / 'cache' / 'last.pt')} on the {args.val_count} val images "
         "(a fresh process each):"
     )
     print(f"  {'source':<10}{'H-mean':>10}{'process':>10}{'loop':>9}{'data wait':>11}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .config_schema import ConfigProblem, validate
+from .config_schema import ConfigProblem, knows, validate
 
 #: An override: ``"a.b.c=value"`` (the value read as YAML) or ``("a.b.c", value)`` (as is).
 Override = str | tuple[str, Any]
@@ -157,7 +157,8 @@ def apply_overrides(
 
     An override is ``"a.b.c=value"`` (the value read as YAML; empty means null) or a pair
     ``("a.b.c", value)`` taken as is (the CLI's options, such as ``-o``). Only existing keys
-    can be overridden, so a typo is an error rather than a silent no-op.
+    can be overridden (or keys of the schema that the config leaves out for their defaults), so
+    a typo is an error rather than a silent no-op.
 
     Raises:
         ConfigError: a malformed override, one naming a key ``config`` lacks (with the
@@ -169,6 +170,9 @@ def apply_overrides(
         node: Any = out
         parts = key.split(".")
         for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if last and isinstance(node, dict) and part not in node and knows(key):
+                break  # a key the file leaves out for its default
             if not isinstance(node, dict) or part not in node:
                 wrong = ".".join(parts[: i + 1])
                 raise ConfigError(

@@ -297,6 +297,16 @@ def complete(config: Mapping[str, Any], path: str = "") -> dict[str, Any]:
     return complete_mapping(spec, value) if isinstance(spec, Section) else spec.complete(value)
 
 
+def knows(path: str) -> bool:
+    """Whether ``path`` (``trainer.log_every_steps``) names a key of the schema."""
+    spec: Section | Rule | Node = SCHEMA
+    for part in path.split("."):
+        if not isinstance(spec, Section) or part not in spec.keys:
+            return False
+        spec = spec.keys[part]
+    return True
+
+
 def _check_datasets(datasets: dict[str, Any], problems: list[ConfigProblem]) -> None:
     """A cap below the transform's output size would downscale then upscale every image."""
     for split, dataset in datasets.items():

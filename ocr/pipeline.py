@@ -4,13 +4,15 @@ A training run writes into ``trainer.output_dir``:
 
 * ``config.yaml``: the resolved config (file, ``_base_`` chain and overrides merged, every
   key left out set to its default);
-* ``log.jsonl``: one JSON record per epoch (loss, timing, metrics, the epoch's ``samples``
-  and ``data`` digests), and with ``trainer.log_every_steps`` one per N global steps
+* ``log.jsonl``: one JSON record per epoch (loss, timing, metrics, the epoch's
+  ``samples`` and ``data`` digests), and with ``trainer.log_every_steps`` one per N global steps
   (``ocr.stepping``);
 * ``last.pt`` every epoch (and with ``trainer.checkpoint_every_steps`` every N global steps)
   and ``best.pt`` at the best validation H-mean: resumable checkpoints
   (``ocr-train --resume runs/x/last.pt``);
-* ``summary.json``: totals of the run (time split, images/s, final metrics).
+* ``summary.json``: totals of the run (time split, images/s, final metrics) and its
+  ``environment``: what the floats depend on (``ocr.runinfo``: threads, library versions,
+  CPU), also the first line the run prints.
 
 A checkpoint holds what the next step needs to go on as if the run had not stopped: weights,
 optimizer, LR schedule, the position (epoch and step), history and step records, every
@@ -69,6 +71,7 @@ from .losses import DBLoss
 from .models import build_model
 from .resume import generators, restore, save_run_checkpoint, save_step
 from .run_parts import Learner, Run, RunState, TrainData
+from .runinfo import environment_line, run_environment
 from .sampling import GlobalBatchSampler
 from .stepping import StepKeeper, append_record, epoch_digests, log_order, merged_tally
 
@@ -243,9 +246,12 @@ def _start_run_folder(run: Run, state: RunState) -> None:
     (run.out_dir / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
     # The checkpoint's records, not the old log: a run killed between writing last.pt and
     # its log line, or resumed from best.pt, would otherwise log a step twice or never.
-    lines = "".join(json.dumps(record) + "\n" for record in log_order(state.history, state.steps))
+    records = log_order(state.history, state.steps)
+    lines = "".join(json.dumps(record) + "\n" for record in records)
     (run.out_dir / "log.jsonl").write_text(lines, encoding="utf-8")
     train_set, val_set = run.data.train_set, run.data.val_set
+    # The first line says what the floats of this process depend on (ocr.runinfo).
+    run.say(environment_line(run_environment()))
     run.say(
         f"training on {run.device} x{run.info.world_size}: {len(train_set)} train images "
         f"({train_set.source.name}), {len(val_set)} val images "
@@ -352,6 +358,7 @@ def _finish(run: Run, state: RunState, started: float) -> dict[str, Any]:
         val_source=run.data.val_set.source.name,
         best_hmean=state.best,
         output_dir=str(run.out_dir),
+        environment=run_environment(),
     )
     if run.info.is_main:
         (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

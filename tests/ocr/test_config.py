@@ -345,3 +345,14 @@ def test_schema_defaults_are_the_defaults_of_what_the_section_builds(path, given
     schema = {k: _plain(v) for k, v in complete(given, path).items() if k not in skip}
     params = inspect.signature(cls).parameters
     assert schema == {k: _plain(params[k].default) for k in schema}
+
+
+def test_override_sets_a_schema_key_the_file_leaves_out_but_not_an_unknown_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer: {epochs: 2}\n")
+    cfg = load_config(path, ["trainer.log_every_steps=5", "trainer.checkpoint_every_steps=7"])
+    assert (cfg["trainer"]["log_every_steps"], cfg["trainer"]["checkpoint_every_steps"]) == (5, 7)
+    with pytest.raises(ConfigError, match="'trainer.log_every_stepz' is not in"):
+        load_config(path, ["trainer.log_every_stepz=5"])
+    with pytest.raises(ConfigError, match="'trainer.nested' is not in"):
+        load_config(path, ["trainer.nested.deeper=5"])

@@ -172,7 +172,7 @@ def test_checkpoint_whose_config_leaves_keys_out_resumes_with_their_defaults(tra
     cfg, _, out = trained
     state = load_checkpoint(out / "last.pt")
     old = state["config"]  # as an earlier version saved it: keys left for their defaults
-    del old["loss"], old["postprocess"]["shrink_ratio"], old["trainer"]["threads"]
+    del old["loss"], old["postprocess"]["shrink_ratio"], old["trainer"]["val_every"]
     del old["datasets"]["val_dataset"]["cache_stale"]
     save_checkpoint(tmp_path / "old.pt", state)
     more = tmp_path / "more"

@@ -209,6 +209,8 @@ def _training_data(config: dict[str, Any], info: DistInfo, seed: int) -> TrainDa
         train_set = build_dataset(
             dataset_cfg(config, "train_dataset"), config["targets"], seed, name="train_dataset"
         )
+        # The step records' data digest needs each sample's checksum, a cost paid only then.
+        train_set.checksums = bool(config["trainer"]["log_every_steps"])
         loader_cfg = section(config, "dataloader")
         sampler = GlobalBatchSampler(
             len(train_set), loader_cfg["batch_size"], info.world_size, info.rank, seed=seed
@@ -301,6 +303,8 @@ def _train_epoch(run: Run, state: RunState, epoch: int) -> tuple[dict[str, Any],
     )
     record: dict[str, Any] = {"epoch": epoch + 1, "train": stats.to_dict()}
     record.update(epoch_digests(tally, run.info))
+    if not run.data.train_set.checksums:
+        del record["data"]  # no sample was checksummed (trainer.log_every_steps: 0)
     line = (
         f"epoch {epoch + 1}/{run.epochs} | loss {stats.loss:.4f} | "
         f"{stats.images_per_s * run.info.world_size:.1f} img/s | train {_phase_text(stats)}"

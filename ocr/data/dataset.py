@@ -304,6 +304,10 @@ class OCRDataset(Dataset):
             (seed, epoch, index), so any number of workers gives the same batches.
 
     Attributes:
+        checksums: Give each sample its ``checksum`` (``ocr.data.digest.content_checksum``),
+            for the step records' ``data`` digest. Off by default: about 1.2 ms per
+            640-pixel training sample with its maps (3.7 -> 4.9 ms a sample in
+            ``tools/bench_loader.py --split train``, docs/benchmarks.md).
         source: Where the images come from: an ``ImageSource`` (``DiskSource``,
             ``PreloadSource`` or ``CacheSource``), the only way the dataset reads them.
 
@@ -352,6 +356,7 @@ class OCRDataset(Dataset):
         self.transform = transform
         self.targets = targets
         self.seed = seed
+        self.checksums = False
         self.epoch = 0
         disk = DiskSource(image_path, max_side, resample)
         self.source: ImageSource
@@ -445,7 +450,8 @@ class OCRDataset(Dataset):
             sample.targets = self.targets(
                 result.image.shape[:2], sample.polygons, sample.ignore, out=out_maps
             )
-        sample.checksum = content_checksum(sample)
+        if self.checksums:
+            sample.checksum = content_checksum(sample)
         return sample
 
 

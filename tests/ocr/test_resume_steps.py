@@ -1,9 +1,9 @@
 """Step records, exact mid-epoch resume and sample sets that do not depend on the ranks.
 
 Every run here is a fresh process (``ocr-train``, or ``torchrun`` with two gloo ranks), one
-torch thread each, on nine generated receipts: with a global batch of 4 an epoch has 3 steps,
-the last one holding a single sample, which one rank of two takes while the other runs a
-filler share (``ocr.sampling``).
+torch thread each, on 17 generated receipts: with a global batch of 8 (1 rank x 8, 2 ranks
+x 4) an epoch has 3 steps, the last one holding a single sample, which one rank of two takes
+while the other runs a filler share (``ocr.sampling``); two epochs make 6 global steps.
 """
 
 from __future__ import annotations
@@ -33,20 +33,27 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 @pytest.fixture(scope="module")
-def nine(tmp_path_factory):
-    """Nine receipts (folder, annotation file) and their cache."""
-    root = tmp_path_factory.mktemp("nine")
-    ann = generate(root / "img", count=9, seed=5)
+def receipts17(tmp_path_factory):
+    """17 receipts (folder, annotation file) and their cache."""
+    root = tmp_path_factory.mktemp("receipts17")
+    ann = generate(root / "img", count=17, seed=5)
     build_cache(root / "img", root / "img.lmdb", max_side=MAX_SIDE, workers=1)
     return root, ann
 
 
-def _config(nine, out: Path, ranks: int = 1, batch: int = 4, workers: int = 0) -> Path:
+def _config(data, out: Path, ranks: int = 1, batch: int = 8, workers: int = 0) -> Path:
     cfg = tiny_config(
-        nine, out, epochs=3, log_every_steps=1, checkpoint_every_steps=2, threads=1, seed=3
+        data, out, epochs=2, log_every_steps=1, checkpoint_every_steps=2, threads=1, seed=3
     )
     cfg["dataloader"].update(batch_size=batch // ranks, num_workers=workers)
-    cfg["datasets"]["train_dataset"]["image_cache"] = str(nine[0] / "img.lmdb")
+    cfg["datasets"]["train_dataset"]["image_cache"] = str(data[0] / "img.lmdb")
+    # Validation on the first 4 receipts only: it is not what these tests look at.
+    annotations = json.loads(Path(data[1]).read_text())
+    names = sorted(annotations["images"])[:4]
+    annotations["images"] = {n: annotations["images"][n] for n in names}
+    val = out.parent / "val4.json"
+    val.write_text(json.dumps(annotations))
+    cfg["datasets"]["val_dataset"]["annotation_path"] = str(val)
     path = out.with_suffix(".yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
@@ -108,29 +115,29 @@ def _equal_epochs(a: list[dict], b: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(nine, tmp_path_factory):
+def uninterrupted(receipts17, tmp_path_factory):
     """The step and epoch records of whole runs, by (ranks, workers)."""
     runs = {}
     for ranks, workers in ((1, 0), (2, 0)):
         out = tmp_path_factory.mktemp("whole") / f"r{ranks}w{workers}"
-        _run(ranks, ["-c", str(_config(nine, out, ranks, workers=workers))])
+        _run(ranks, ["-c", str(_config(receipts17, out, ranks, workers=workers))])
         runs[ranks, workers] = _records(out)
     return runs
 
 
 @pytest.mark.parametrize(("ranks", "workers"), [(1, 0), (1, 2), (2, 0)])
 def test_run_killed_mid_epoch_resumes_with_the_step_records_of_an_uninterrupted_run(
-    nine, uninterrupted, tmp_path, ranks, workers
+    receipts17, uninterrupted, tmp_path, ranks, workers
 ):
     out = tmp_path / "run"
-    _kill_after(ranks, ["-c", str(_config(nine, out, ranks, workers=workers))], out, 5)
+    _kill_after(ranks, ["-c", str(_config(receipts17, out, ranks, workers=workers))], out, 5)
     saved = load_checkpoint(out / "last.pt")
     assert (saved["epoch"], saved["step"]) == (1, 1), "last.pt holds global step 4"
     _run(ranks, ["--resume", str(out / "last.pt")])
     whole = uninterrupted[ranks, 0]  # the workers change nothing
     records = _records(out)
     steps = [r for r in records if "step" in r]
-    assert [r["step"] for r in steps] == list(range(1, 10))
+    assert [r["step"] for r in steps] == list(range(1, 7))
     assert steps == [r for r in whole if "step" in r]  # loss to the bit, digests
     _equal_epochs([r for r in records if "train" in r], [r for r in whole if "train" in r])
 
@@ -138,7 +145,7 @@ def test_run_killed_mid_epoch_resumes_with_the_step_records_of_an_uninterrupted_
 def test_one_rank_and_two_ranks_see_the_same_sample_sets_at_every_step(uninterrupted):
     one = [r for r in uninterrupted[1, 0] if "step" in r]
     two = [r for r in uninterrupted[2, 0] if "step" in r]
-    assert len(one) == len(two) == 9
+    assert len(one) == len(two) == 6
     for a, b in zip(one, two, strict=True):
         assert (a["step"], a["samples"], a["data"], a["images"]) == (
             b["step"],
@@ -146,7 +153,7 @@ def test_one_rank_and_two_ranks_see_the_same_sample_sets_at_every_step(uninterru
             b["data"],
             b["images"],
         )
-    assert [r["images"] for r in one[:3]] == [4, 4, 1]  # the last step's filler is not counted
+    assert [r["images"] for r in one[:3]] == [8, 8, 1]  # the last step's filler is not counted
     epochs = [
         [r for r in run if "train" in r] for run in (uninterrupted[1, 0], uninterrupted[2, 0])
     ]
@@ -155,13 +162,13 @@ def test_one_rank_and_two_ranks_see_the_same_sample_sets_at_every_step(uninterru
 
 @pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 1)])
 def test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks_with_the_same_samples(
-    nine, uninterrupted, tmp_path, before, after
+    receipts17, uninterrupted, tmp_path, before, after
 ):
     out = tmp_path / "run"
-    _kill_after(before, ["-c", str(_config(nine, out, before))], out, 5)
+    _kill_after(before, ["-c", str(_config(receipts17, out, before))], out, 5)
     saved = load_checkpoint(out / "last.pt")
     assert saved["step"] > 0, "a mid-epoch checkpoint"
-    _run(after, ["--resume", str(out / "last.pt"), f"dataloader.batch_size={4 // after}"])
+    _run(after, ["--resume", str(out / "last.pt"), f"dataloader.batch_size={8 // after}"])
     steps = _steps(out)
     whole = [r for r in uninterrupted[after, 0] if "step" in r]
     assert [(r["step"], r["samples"], r["data"]) for r in steps] == [
@@ -169,15 +176,15 @@ def test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks_with_the_same_s
     ]
 
 
-def test_mid_epoch_resume_with_another_global_batch_is_refused(nine, tmp_path):
+def test_mid_epoch_resume_with_another_global_batch_is_refused(receipts17, tmp_path):
     out = tmp_path / "run"
-    _kill_after(1, ["-c", str(_config(nine, out))], out, 5)
+    _kill_after(1, ["-c", str(_config(receipts17, out))], out, 5)
     proc = subprocess.run(
-        [*TRAIN, "--resume", str(out / "last.pt"), "dataloader.batch_size=2", "--quiet"],
+        [*TRAIN, "--resume", str(out / "last.pt"), "dataloader.batch_size=4", "--quiet"],
         capture_output=True,
         text=True,
         env=ENV,
         timeout=300,
     )
     assert proc.returncode == 1
-    assert "global batch of 4" in proc.stderr and "this run's is 2" in proc.stderr
+    assert "global batch of 8" in proc.stderr and "this run's is 4" in proc.stderr

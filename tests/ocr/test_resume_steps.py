@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,9 +83,36 @@ def _steps(out: Path) -> list[dict]:
     return [r for r in _records(out) if "step" in r]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid`` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def _kill_after(ranks: int, args: list[str], out: Path, records: int) -> None:
-    """Start a run, SIGKILL its whole process group once log.jsonl has ``records`` step
-    records."""
+    """Start a run, SIGKILL it (every process of it) once log.jsonl has ``records`` step
+    records, and check that no process of it is left."""
     proc = subprocess.Popen(
         _command(ranks, [*args, "--quiet"]),
         stdout=subprocess.DEVNULL,
@@ -101,8 +129,16 @@ def _kill_after(ranks: int, args: list[str], out: Path, records: int) -> None:
             time.sleep(0.002)
         assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr}"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # torchrun starts each rank in a session of its own: kill the whole tree, ranks first.
+        tree = _descendants(proc.pid)
+        for pid in [*tree, proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+    time.sleep(0.2)
+    assert not [pid for pid in tree if _alive(pid)], "a process of the run survived"
 
 
 def _equal_epochs(a: list[dict], b: list[dict]) -> None:
@@ -125,17 +161,40 @@ def uninterrupted(receipts17, tmp_path_factory):
     return runs
 
 
+@pytest.fixture(scope="module")
+def killed(receipts17, tmp_path_factory):
+    """``killed(ranks, workers)``: the ``last.pt`` of a run SIGKILLed after its 5th step
+    record (one run per layout, kept for the module's tests; each resumes a copy)."""
+    done: dict[tuple[int, int], Path] = {}
+
+    def get(ranks: int, workers: int) -> Path:
+        if (ranks, workers) not in done:
+            out = tmp_path_factory.mktemp("killed") / "run"
+            config = _config(receipts17, out, ranks, workers=workers)
+            _kill_after(ranks, ["-c", str(config)], out, 5)
+            done[ranks, workers] = out / "last.pt"
+        return done[ranks, workers]
+
+    return get
+
+
+def _resumable(checkpoint: Path, tmp_path: Path) -> list[str]:
+    """``--resume`` of a copy of ``checkpoint``, writing into a folder of this test."""
+    copy = tmp_path / "last.pt"
+    shutil.copyfile(checkpoint, copy)
+    return ["--resume", str(copy), "-o", str(tmp_path / "run")]
+
+
 @pytest.mark.parametrize(("ranks", "workers"), [(1, 0), (1, 2), (2, 0)])
 def test_run_killed_mid_epoch_resumes_with_the_step_records_of_an_uninterrupted_run(
-    receipts17, uninterrupted, tmp_path, ranks, workers
+    killed, uninterrupted, tmp_path, ranks, workers
 ):
-    out = tmp_path / "run"
-    _kill_after(ranks, ["-c", str(_config(receipts17, out, ranks, workers=workers))], out, 5)
-    saved = load_checkpoint(out / "last.pt")
+    checkpoint = killed(ranks, workers)
+    saved = load_checkpoint(checkpoint)
     assert (saved["epoch"], saved["step"]) == (1, 1), "last.pt holds global step 4"
-    _run(ranks, ["--resume", str(out / "last.pt")])
+    _run(ranks, _resumable(checkpoint, tmp_path))
     whole = uninterrupted[ranks, 0]  # the workers change nothing
-    records = _records(out)
+    records = _records(tmp_path / "run")
     steps = [r for r in records if "step" in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert steps == [r for r in whole if "step" in r]  # loss to the bit, digests
@@ -162,25 +221,21 @@ def test_one_rank_and_two_ranks_see_the_same_sample_sets_at_every_step(uninterru
 
 @pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 1)])
 def test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks_with_the_same_samples(
-    receipts17, uninterrupted, tmp_path, before, after
+    killed, uninterrupted, tmp_path, before, after
 ):
-    out = tmp_path / "run"
-    _kill_after(before, ["-c", str(_config(receipts17, out, before))], out, 5)
-    saved = load_checkpoint(out / "last.pt")
-    assert saved["step"] > 0, "a mid-epoch checkpoint"
-    _run(after, ["--resume", str(out / "last.pt"), f"dataloader.batch_size={8 // after}"])
-    steps = _steps(out)
+    checkpoint = killed(before, 0)
+    assert load_checkpoint(checkpoint)["step"] > 0, "a mid-epoch checkpoint"
+    _run(after, [*_resumable(checkpoint, tmp_path), f"dataloader.batch_size={8 // after}"])
+    steps = _steps(tmp_path / "run")
     whole = [r for r in uninterrupted[after, 0] if "step" in r]
     assert [(r["step"], r["samples"], r["data"]) for r in steps] == [
         (r["step"], r["samples"], r["data"]) for r in whole
     ]
 
 
-def test_mid_epoch_resume_with_another_global_batch_is_refused(receipts17, tmp_path):
-    out = tmp_path / "run"
-    _kill_after(1, ["-c", str(_config(receipts17, out))], out, 5)
+def test_mid_epoch_resume_with_another_global_batch_is_refused(killed, tmp_path):
     proc = subprocess.run(
-        [*TRAIN, "--resume", str(out / "last.pt"), "dataloader.batch_size=4", "--quiet"],
+        [*TRAIN, *_resumable(killed(1, 0), tmp_path), "dataloader.batch_size=4", "--quiet"],
         capture_output=True,
         text=True,
         env=ENV,
@@ -188,3 +243,4 @@ def test_mid_epoch_resume_with_another_global_batch_is_refused(receipts17, tmp_p
     )
     assert proc.returncode == 1
     assert "global batch of 8" in proc.stderr and "this run's is 4" in proc.stderr
+    assert not (tmp_path / "run" / "log.jsonl").exists()

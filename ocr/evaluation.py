@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .agreement import check_ranks_agree, data_identity
 from .builders import (
     build_eval_loader,
     build_normalizer,
     build_postprocess,
+    dataset_cfg,
     section,
     setup_run,
 )
@@ -32,16 +34,25 @@ def evaluate_checkpoint(
 
     ``state`` is the checkpoint already read by ``load_checkpoint``, if the caller has it.
     ``draw_dir``: also write one PNG per image there, ground truth and detections drawn
-    (``ocr.predictions.draw_predictions``; rank 0 only).
+    (``ocr.predictions.draw_predictions``; rank 0 only). Under ``torchrun`` the ranks first
+    compare what they read (``ocr.agreement``) and all stop if one differs.
     """
     config = check_config(config)
     info, device, trainer = setup_run(config)
     try:
-        state = state if state is not None else load_checkpoint(checkpoint)
-        model_cfg = dict(section(config, "model"), weights=None)  # the checkpoint has them
-        model = build_model(model_cfg).to(device)
-        load_model_state(model, state, checkpoint)
-        dataset, loader = build_eval_loader(config, split, info)
+        try:
+            state = state if state is not None else load_checkpoint(checkpoint)
+            model_cfg = dict(section(config, "model"), weights=None)  # the checkpoint has them
+            model = build_model(model_cfg).to(device)
+            load_model_state(model, state, checkpoint)
+            dataset, loader = build_eval_loader(config, split, info)
+            identities = {}
+            if info.enabled:  # every rank proves it reads what the others read
+                identities = {split: data_identity(dataset, dataset_cfg(config, split))}
+        except Exception as e:
+            check_ranks_agree({}, info, failure=e)  # the peers stop too, instead of waiting
+            raise
+        check_ranks_agree(identities, info)
         result = evaluate(
             model,
             loader,

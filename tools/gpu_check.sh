@@ -70,7 +70,7 @@ def gpu(run):
 rows = {}
 for name, run in demo["train"].items():
     log = [json.loads(l) for l in (Path(run["output_dir"]) / "log.jsonl").read_text().splitlines()]
-    epochs = [e["train"]["wall_s"] for e in log]
+    epochs = [e["train"]["wall_s"] for e in log if "train" in e]  # epoch records, not steps
     steady = epochs[1:] or epochs
     rows[f"train/{name}"] = {
         "device": run["device"], "epochs": len(epochs),

@@ -36,7 +36,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _two_ranks(config: Path, overrides: list[list[str]]) -> list[subprocess.CompletedProcess]:
+def _two_ranks(
+    config: Path, overrides: list[list[str]], command: tuple[str, ...] = ("train", "--quiet")
+) -> list[subprocess.CompletedProcess]:
     port = str(_free_port())
     procs = []
     for rank in range(2):
@@ -49,7 +51,7 @@ def _two_ranks(config: Path, overrides: list[list[str]]) -> list[subprocess.Comp
             RANK=str(rank),
             LOCAL_RANK=str(rank),
         )
-        cmd = [sys.executable, "-m", "ocr.cli", "train", "-c", str(config), "--quiet"]
+        cmd = [sys.executable, "-m", "ocr.cli", *command, "-c", str(config)]
         procs.append(
             subprocess.Popen(
                 cmd + overrides[rank],
@@ -147,3 +149,21 @@ def test_a_rank_that_cannot_open_its_data_stops_its_peer_too(receipts, tmp_path)
     assert ranks[0].returncode == 1, ranks[0].stderr[-3000:]
     assert "another rank could not start the run" in ranks[0].stderr
     assert "rank 1 (" in ranks[0].stderr and str(missing) in ranks[0].stderr
+
+
+def test_ocr_eval_ranks_reading_different_stores_both_exit_2(
+    receipts, trained, node_copy, tmp_path
+):
+    cfg, _, out = trained
+    cfg = json.loads(json.dumps(cfg))
+    cfg["datasets"]["val_dataset"]["image_cache"] = str(receipts[0] / "img.lmdb")
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    copy, store, _ = node_copy
+    rank1 = [f"datasets.val_dataset.image_path={copy}", f"datasets.val_dataset.image_cache={store}"]
+    ranks = _two_ranks(config, [[], rank1], ("eval", "-k", str(out / "last.pt"), "--json"))
+    theirs = CacheReader(store).identity
+    for proc in ranks:
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "datasets.val_dataset images" in proc.stderr and theirs in proc.stderr
+        assert not proc.stdout  # no metrics printed

@@ -127,9 +127,13 @@ def train_command(
     .lmdb.
 
     An interrupted run goes on from its checkpoint alone, ending with the weights and metrics
-    an uninterrupted run would have; overrides change the saved config, one logged line each:
+    an uninterrupted run would have; overrides change the saved config, one logged line each.
+    last.pt is written every epoch, and every N steps with trainer.checkpoint_every_steps=N
+    (a kill mid-epoch then loses at most N steps); trainer.log_every_steps=N logs each N-th
+    step's loss and digests of its samples and data to log.jsonl:
 
     \b
+      ocr-train trainer.checkpoint_every_steps=200 trainer.log_every_steps=50
       ocr-train --resume runs/dbnet/last.pt
       ocr-train --resume runs/dbnet/last.pt --epochs 20
 

@@ -67,21 +67,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _work_dir(destination: str) -> str:
+def work_dir(destination: str, kind: str = "copy") -> str:
     """A fresh hidden folder beside ``destination`` (same filesystem, so it can be renamed);
-    folders left by copies that were killed are removed first."""
+    folders left by copies (or merges: ``kind``) that were killed are removed first."""
     parent, name = os.path.split(os.path.abspath(destination))
-    for stale in glob.glob(os.path.join(glob.escape(parent), f".{name}.copy-*")):
+    for stale in glob.glob(os.path.join(glob.escape(parent), f".{name}.{kind}-*")):
         pid = stale.rsplit("-", 1)[-1]
         if pid.isdigit() and not _pid_alive(int(pid)):
             remove_store_dir(stale)
-    path = os.path.join(parent, f".{name}.copy-{os.getpid()}")
+    path = os.path.join(parent, f".{name}.{kind}-{os.getpid()}")
     remove_store_dir(path)
     os.mkdir(path)
     return path
 
 
-def _check_destination(destination: str) -> None:
+def check_destination(destination: str) -> None:
+    """Raise unless ``destination`` is free for a new store (absent, or an empty folder)."""
     if store_exists(destination):
         raise FileExistsError(
             f"'{destination}' already holds a store; remove it first or copy to another path"
@@ -131,7 +132,7 @@ def copy_cache(
         DiskFullError: the destination's disk filled up (nothing is left at ``destination``).
     """
     source, destination = os.fspath(source), os.fspath(destination)
-    _check_destination(destination)
+    check_destination(destination)
     start = time.perf_counter()
     with NoBuild(source, on_wait), open_cache(source) as reader:
         images = len(reader)
@@ -142,7 +143,7 @@ def copy_cache(
                 f"'build-cache {root} -o {source}' and copy again"
             )
         source_bytes = os.path.getsize(os.path.join(source, "data.mdb"))
-        work = _work_dir(destination)
+        work = work_dir(destination)
         try:
             reader.raw.copy_to(work, compact)
         except lmdb.Error as e:

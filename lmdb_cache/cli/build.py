@@ -15,6 +15,7 @@ from ..errors import (
     SettingsMismatchError,
 )
 from ..format import codecs
+from ..format.shards import parse_shard
 from ..images import IMAGE_SUFFIXES, RESAMPLE_FILTERS, scan_images
 from ..reporting import human_bytes
 from ..write.build import build_cache, default_output
@@ -98,6 +99,14 @@ class _MaxSide(click.ParamType):
     "complete: to change --max-side or --resample, or to replace a damaged cache. Keeps the "
     "cache's settings unless new ones are given.",
 )
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    default=None,
+    help="Build only shard I of N (I from 0) into -o: N machines each build one part, then "
+    "'lmdb-cache merge' joins them. A source's shard depends on its key alone (a hash).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON document with the result on stdout."
@@ -111,6 +120,7 @@ def build_command(
     level: int | None,
     workers: int | None,
     rebuild: bool,
+    shard_text: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -144,7 +154,14 @@ def build_command(
       build-cache data/val -o /fast/val.lmdb --json
       build-cache data/val --rebuild             # replace a damaged cache, same settings
       build-cache data/train --codec zstd        # compress an existing cache in place
+      build-cache data/train --shard 0/3 -o part0.lmdb   # one part of three (one machine)
+      lmdb-cache merge part0.lmdb part1.lmdb part2.lmdb -o data/train.lmdb
     """
+    try:
+        shard = parse_shard(shard_text) if shard_text is not None else None
+    except ValueError as e:
+        fail_usage(f"--shard: {e}")
+        return
     target = output if output is not None else default_output(src)
     exists = store_exists(target)
     try:
@@ -178,6 +195,7 @@ def build_command(
             workers=workers,
             rebuild=rebuild,
             progress=bar,
+            shard=shard,
         )
     except (
         SettingsMismatchError,

@@ -27,6 +27,7 @@ from ..write.build import default_output
 from .build import build_command
 from .compare import diff_command
 from .inspect import ls_command, show_command
+from .merge import merge_command
 from .progress import CONTEXT, Bar, emit_json, fail_usage
 
 
@@ -267,7 +268,8 @@ def cli() -> None:
 
     Build it once with 'build', check it with 'validate', inspect it with 'info', list its
     records with 'ls', look at one image (and its polygons) with 'show', ship it to another
-    machine's local disk with 'copy', compare two stores with 'diff'. The first three also
+    machine's local disk with 'copy', compare two stores with 'diff', join the shards of a
+    build made on several machines (build --shard I/N) with 'merge'. The first three also
     exist as build-cache, validate-cache and cache-info.
 
     \b
@@ -279,6 +281,7 @@ def cli() -> None:
       lmdb-cache show data/val.lmdb receipt_001.jpg -o receipt.png --annotations data/val.json
       lmdb-cache copy data/val.lmdb /local/ssd/val.lmdb
       lmdb-cache diff data/val.lmdb /local/ssd/val.lmdb
+      lmdb-cache merge part0.lmdb part1.lmdb part2.lmdb -o data/train.lmdb
     """
 
 
@@ -289,6 +292,7 @@ cli.add_command(copy_command)
 cli.add_command(ls_command)
 cli.add_command(show_command)
 cli.add_command(diff_command)
+cli.add_command(merge_command)
 
 
 def main() -> None:

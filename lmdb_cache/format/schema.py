@@ -21,6 +21,7 @@ import msgpack
 from ..errors import StoreDamagedError
 from . import codecs
 from .settings import MAX_PIXELS_LIMIT
+from .shards import SHARD_FIELD, check_shard
 from .versions import check_format, readable_versions
 
 # Named LMDB databases inside the environment.
@@ -368,6 +369,7 @@ def check_manifest(manifest: Any) -> dict:
             f"manifest settings.max_pixels={max_pixels!r} is not an integer in "
             f"1..{MAX_PIXELS_LIMIT}"
         )
+    check_shard(manifest.get(SHARD_FIELD))
     for name in ("images", "failed", "total_bytes"):
         if manifest[name] < 0:
             raise ValueError(f"manifest {name}={manifest[name]} is negative")

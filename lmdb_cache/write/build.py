@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import SettingsMismatchError
 from ..format.schema import encode_key, failure_key, has_source, key_problem
+from ..format.shards import SHARD_FIELD, check_shard, shard_entry, shard_of, shard_text
 from ..images import scan_images
 from ..reporting import Progress
 from .session import KEEP_EXTRA, WriteSession
@@ -39,6 +41,7 @@ def build_cache(
     commit_bytes: int = 256 << 20,
     commit_images: int = 256,
     progress: Progress | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> BuildResult:
     """Build a cache of decoded images from ``source``, or bring an existing one up to date.
 
@@ -60,6 +63,9 @@ def build_cache(
         commit_bytes: A transaction is committed once it holds this many pixel bytes...
         commit_images: ...or this many images, whichever comes first.
         progress: Receives the number of sources to process and each one done.
+        shard: ``(I, N)``: build only shard I of N of the folder (``format.shards``; the part
+            a machine of N builds, for ``merge_caches``). The store records it, and later
+            updates keep it (None); another shard than the store's needs ``rebuild``.
 
     Returns:
         A :class:`BuildResult`; ``result.ok`` is False when any source failed.
@@ -68,7 +74,8 @@ def build_cache(
         ValueError: bad arguments (unknown filter, non-positive cap, output is the source).
         NotADirectoryError: ``source`` is not a folder.
         SettingsMismatchError: settings other than the store's without ``rebuild``, or a
-            rebuild of a store whose settings cannot be read without giving ``max_side``.
+            rebuild of a store whose settings cannot be read without giving ``max_side``; or a
+            shard other than the store's without ``rebuild``.
         BuildLockedError: another build is writing the store.
         FormatVersionError, NotACacheError: the output is not a store this version updates.
         TruncatedStoreError, StoreDamagedError: the store is damaged (``rebuild`` replaces it).
@@ -97,8 +104,30 @@ def build_cache(
         progress=progress,
         source_root=source,
     ) as writer:
+        shard = _choose_shard(writer.session, shard, rebuild, output)
+        if shard is not None:
+            keys = [key for key in keys if shard_of(key, shard[1]) == shard[0]]
         _sync(writer.session, source, keys, progress)
     return writer.result
+
+
+def _choose_shard(
+    session: WriteSession, asked: tuple[int, int] | None, rebuild: bool, output: str
+) -> tuple[int, int] | None:
+    """The shard this build writes: the one asked for, else the store's; recorded in the
+    manifest the session commits."""
+    manifest = session.batch.manifest
+    held = check_shard(manifest.get(SHARD_FIELD))
+    if asked is None or asked == held:
+        return held
+    if not rebuild and (held is not None or len(session.index) > 0):
+        what = f"shard {shard_text(held)}" if held is not None else "a whole folder"
+        raise SettingsMismatchError(
+            f"cache '{output}' holds {what}, not shard {shard_text(asked)}; build the shard "
+            f"into a new path, or replace the store with --rebuild"
+        )
+    manifest[SHARD_FIELD] = shard_entry(asked)
+    return asked
 
 
 def _sync(session: WriteSession, source: str, keys: list[str], progress: Any) -> None:

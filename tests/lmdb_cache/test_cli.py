@@ -266,7 +266,7 @@ def test_group_help_lists_the_subcommands():
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line}
     assert (result.exit_code, listed) == (
         0,
-        {"build", "validate", "info", "copy", "ls", "show", "diff"},
+        {"build", "validate", "info", "copy", "ls", "show", "diff", "merge"},
     )
 
 

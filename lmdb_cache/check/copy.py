@@ -67,6 +67,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def sync_file(path: str) -> None:
+    """Flush a file's data to the disk (``mdb_env_copy`` writes without syncing)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: str) -> None:
+    """Flush a folder's entries (a rename into it) to the disk, where the system allows."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
 def work_dir(destination: str, kind: str = "copy") -> str:
     """A fresh hidden folder beside ``destination`` (same filesystem, so it can be renamed);
     folders left by copies (or merges: ``kind``) that were killed are removed first."""
@@ -165,6 +188,7 @@ def copy_cache(
                 f"with 'validate-cache {source}'"
             )
         data_bytes = os.path.getsize(os.path.join(work, "data.mdb"))
+        sync_file(os.path.join(work, "data.mdb"))  # on the disk before its name says "done"
         try:
             os.rename(work, destination)
         except OSError as e:
@@ -173,6 +197,7 @@ def copy_cache(
                     f"'{destination}' was created while copying; nothing was replaced"
                 ) from e
             raise
+        sync_folder(os.path.dirname(os.path.abspath(destination)))
     except BaseException:
         remove_store_dir(work)
         raise

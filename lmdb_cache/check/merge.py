@@ -32,14 +32,17 @@ from typing import Any
 import lmdb
 
 from .._version import __version__
-from ..errors import CacheError, SettingsMismatchError, StoreDamagedError
+from ..errors import CacheError, DiskFullError, SettingsMismatchError, StoreDamagedError
 from ..format.identity import RecordsDigest, digest_entry, settings_differences
 from ..format.schema import (
+    DATABASES,
     DB_FAILURES,
     DB_MANIFEST,
     DB_META,
     DB_PIXELS,
     MANIFEST_KEY,
+    MAX_DBS,
+    MAX_READERS,
     check_meta,
     decode_key,
     seal,
@@ -51,8 +54,8 @@ from ..read.reader import CacheReader, open_cache
 from ..reporting import Progress, as_progress
 from ..write.commits import now
 from ..write.locking import NoBuild
-from ..write.store import WriteStore, no_space, remove_store_dir
-from .copy import check_destination, work_dir
+from ..write.store import no_space, remove_store_dir
+from .copy import check_destination, sync_folder, work_dir
 from .findings import ValidationReport
 from .validate import validate_cache
 
@@ -182,7 +185,7 @@ def _tagged(keys: Iterator[bytes], index: int) -> Iterator[tuple[bytes, int]]:
 class _Appender:
     """Puts in key order, with LMDB's append mode, committed every ~256 MiB."""
 
-    def __init__(self, store: WriteStore) -> None:
+    def __init__(self, store: _Output) -> None:
         self.store = store
         self.txn: lmdb.Transaction | None = None
         self.pending = 0
@@ -310,9 +313,10 @@ def merge_caches(
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise FileExistsError(
-                    f"'{output}' was created while merging; nothing replaced"
+                    f"'{output}' was created while merging; nothing was replaced"
                 ) from e
             raise
+        sync_folder(os.path.dirname(os.path.abspath(output)))
     except BaseException:
         remove_store_dir(work)
         raise
@@ -328,6 +332,57 @@ def merge_caches(
     )
 
 
+class _Output:
+    """The merged store's environment: mapped for writing (``writemap``: records go straight
+    into the file's pages, no copy into LMDB's dirty-page buffers and no ``pwrite`` at
+    commit), sized up front to hold every part, synced once at the end, and cut back to its
+    last page when closed."""
+
+    def __init__(self, path: str, map_size: int) -> None:
+        self.path = path
+        self.env = lmdb.open(
+            path,
+            map_size=map_size,
+            max_dbs=MAX_DBS,
+            max_readers=MAX_READERS,
+            subdir=True,
+            readahead=False,
+            writemap=True,
+            sync=False,
+            metasync=False,
+        )
+        self.dbs = {name: self.env.open_db(name) for name in DATABASES}
+        # The file's blocks allocated at once (it keeps its pages: fallocate fills holes):
+        # faulting in each new page of the map would otherwise allocate its block on the spot.
+        fd = os.open(os.path.join(path, "data.mdb"), os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, map_size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                self.env.close()
+                raise DiskFullError(
+                    f"the disk of '{path}' has no room for the merged store (up to "
+                    f"{map_size >> 20} MiB); free space and merge again"
+                ) from e
+            # a file system without fallocate: blocks come as pages are written
+        finally:
+            os.close(fd)
+
+    def ensure_room(self, nbytes: int) -> None:
+        """Nothing to do: the map holds every part already."""
+
+    def close(self) -> None:
+        """Sync, close, and give back the file beyond the last page."""
+        used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        self.env.sync(True)
+        self.env.close()
+        data = os.path.join(self.path, "data.mdb")
+        if os.path.getsize(data) > used:
+            with open(data, "r+b") as f:
+                f.truncate(used)
+                os.fsync(f.fileno())
+
+
 def _write(
     readers: list[CacheReader],
     paths: list[str],
@@ -336,23 +391,25 @@ def _write(
     bar: Progress,
 ) -> tuple[int, int, int]:
     """Write the merged store into ``work``; returns (images, failed, pixel bytes)."""
-    store = WriteStore(work)
+    # The merged store holds at most what the parts hold: the sum of their files bounds it.
+    bound = sum(os.path.getsize(os.path.join(p, "data.mdb")) for p in paths)
+    store = _Output(work, bound + bound // 64 + (64 << 20))
     out = _Appender(store)
     try:
         images, failed, total, digest = _copy_records(readers, paths, out, bar)
         manifest = _manifest(manifests, images, failed, total, digest)
         out.put(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))
         out.commit()
-        store.env.sync(True)
     except lmdb.Error as e:
         out.abort()
+        store.env.close()
         full = no_space(work, e, _TXN_BYTES)
         if full is not None:
             raise full from e
         raise StoreDamagedError(f"merging into '{work}': LMDB: {e}") from e
     except BaseException:
         out.abort()
+        store.env.close()
         raise
-    finally:
-        store.close()
+    store.close()
     return images, failed, total

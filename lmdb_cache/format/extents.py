@@ -113,6 +113,40 @@ class Tree:
             pgno = children[bisect_right(keys, key, 1) - 1 if ordered else _child(keys, key)]
         raise ExtentError(f"database {name!r} is deeper than {_MAX_DEPTH} pages (a page loop)")
 
+    def value_range(self, db: bytes, key: bytes) -> tuple[int, int] | None:
+        """``(offset, length)`` in ``data.mdb`` of the value under ``key`` in ``db`` when it
+        lies on overflow pages (a pixel record), found with ``pread`` alone: the range a
+        read-ahead hint can name before LMDB touches the value. None when the key is absent
+        or its value sits inside its leaf page.
+
+        Raises:
+            ExtentError: the path to the key's leaf is damaged.
+        """
+        self.check(db, key)  # the leaf and its values lie inside the file
+        pgno, name = self._roots[db]
+        for _ in range(_MAX_DEPTH):
+            if pgno == _P_INVALID:
+                return None
+            parsed = self._branches.get(pgno)
+            if parsed is None:
+                break
+            keys, children, ordered = parsed
+            pgno = children[bisect_right(keys, key, 1) - 1 if ordered else _child(keys, key)]
+        page, flags, count = self._read(pgno, name)
+        if not flags & _P_LEAF:
+            return None
+        nodes = [
+            self._node(page, pgno, at, name) for at in struct.unpack_from(f"={count}H", page, _HDR)
+        ]
+        i, exact = _search([node[3] for node in nodes], key, 0)
+        if not exact:
+            return None
+        size, nflags, start, _ = nodes[i]
+        if not nflags & _F_BIGDATA:
+            return None
+        first = _U64.unpack_from(page, start)[0]
+        return first * self.psize + _HDR, size
+
     # --- pages -----------------------------------------------------------------------------
 
     def _read(self, pgno: int, name: str) -> tuple[bytes, int, int]:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmdb_cache.durable import sync_folder
+
 CHECKPOINT_VERSION = 1
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -51,21 +53,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (a rename) to the disk, where the system allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
+    sync_folder(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

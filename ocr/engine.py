@@ -164,6 +164,16 @@ class EpochTally:
     samples: int = 0
     data: int = 0
 
+    def add(self, step: StepResult, parts: dict[str, float]) -> None:
+        """Count one step in (a filler's adds its step and nothing else)."""
+        self.steps += 1
+        self.images += step.images
+        self.loss_sum += step.loss * step.images
+        for name, part in parts.items():
+            self.part_sums[name] = self.part_sums.get(name, 0.0) + part * step.images
+        self.samples = digest.add(self.samples, step.samples)
+        self.data = digest.add(self.data, step.data)
+
     def to_state(self) -> dict[str, Any]:
         """The tally as plain values (digests as hex: a checkpoint holds no 64-bit ints)."""
         out = asdict(self)
@@ -264,20 +274,14 @@ def train_one_epoch(
     with _bar(len(loader), desc, progress) as bar:
         bar.update(tally.steps)
         for batch in _timed(loader, stats):
-            step = _train_step(
+            step, parts = _train_step(
                 model, batch, loss_fn, optimizer, scheduler, normalizer, device, amp,
                 counted is None or counted(tally.steps), tally.steps,
             )  # fmt: skip
-            tally.steps += 1
-            tally.images += step.images
-            tally.loss_sum += step.loss * step.images
-            for name, part in step.parts.items():
-                tally.part_sums[name] = tally.part_sums.get(name, 0.0) + part * step.images
-            tally.samples = digest.add(tally.samples, step.result.samples)
-            tally.data = digest.add(tally.data, step.result.data)
+            tally.add(step, parts)
             stats.images += step.images
             if on_step is not None:
-                on_step(step.result)
+                on_step(step)
             bar.update(1)
             bar.set_postfix(loss=f"{step.loss:.4f}")
     names = sorted(tally.part_sums)
@@ -288,14 +292,6 @@ def train_one_epoch(
     stats.loss = totals[1] / count
     stats.loss_parts = {k: v / count for k, v in zip(names, totals[2:], strict=True)}
     return stats
-
-
-@dataclass
-class _Step:
-    result: StepResult
-    images: int
-    loss: float
-    parts: dict[str, float]
 
 
 def _train_step(
@@ -309,8 +305,9 @@ def _train_step(
     amp: bool,
     counted: bool,
     index: int,
-) -> _Step:
-    """Forward, backward and optimizer step on one batch (a filler's loss times zero)."""
+) -> tuple[StepResult, dict[str, float]]:
+    """Forward, backward and optimizer step on one batch (a filler's loss times zero); the
+    step's result and the parts of its loss (none for a filler)."""
     if batch.targets is None:
         raise ValueError("training batches need DBNet targets (build the dataset with targets)")
     images = normalizer(batch.image)
@@ -332,15 +329,11 @@ def _train_step(
             f"training loss became {value} (step of {n} images); lower optimizer.lr "
             "or turn off trainer.amp"
         )
-    samples, data = _batch_digests(batch) if counted else (0, 0)
-    return _Step(
-        StepResult(
-            index=index, images=n, loss=value if counted else 0.0, samples=samples, data=data
-        ),
-        images=n,
-        loss=value if counted else 0.0,
-        parts={name: float(part) for name, part in parts.items()} if counted else {},
-    )
+    if not counted:
+        return StepResult(index=index, images=0, loss=0.0, samples=0, data=0), {}
+    samples, data = _batch_digests(batch)
+    result = StepResult(index=index, images=n, loss=value, samples=samples, data=data)
+    return result, {name: float(part) for name, part in parts.items()}
 
 
 @torch.inference_mode()

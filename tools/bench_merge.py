@@ -36,11 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lmdb_cache import CacheReader  # noqa: E402
-
-
-def _script(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
+from tools.demo import console_script  # noqa: E402
 
 
 def _timed(cmd: list[str]) -> float:
@@ -61,7 +57,7 @@ def _build(
     images: Path, scratch: Path, max_side: str, shards: int
 ) -> tuple[Path, list[Path], float]:
     whole = scratch / "whole.lmdb"
-    build = [_script("build-cache"), str(images), "--max-side", max_side, "-q"]
+    build = [console_script("build-cache"), str(images), "--max-side", max_side, "-q"]
     if not whole.exists():
         _timed([*build, "-o", str(whole)])
     parts = [scratch / f"part{i}.lmdb" for i in range(shards)]
@@ -102,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     whole, parts, shard_s = _build(args.images, scratch, args.max_side, args.shards)
     merged = scratch / "check.lmdb"
     shutil.rmtree(merged, ignore_errors=True)
-    _timed([_script("lmdb-cache"), "merge", *map(str, parts), "-o", str(merged), "-q"])
+    _timed([console_script("lmdb-cache"), "merge", *map(str, parts), "-o", str(merged), "-q"])
     same = _stored(merged) == _stored(whole)
     shutil.rmtree(merged)
     print(f"merged store equals the single build record by record: {'yes' if same else 'NO'}")
@@ -112,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[float]] = {}
     out = scratch / "out.lmdb"
     commands = {
-        "copy": [_script("lmdb-cache"), "copy", str(whole), str(out), "-q"],
-        "merge": [_script("lmdb-cache"), "merge", *map(str, parts), "-o", str(out), "-q"],
+        "copy": [console_script("lmdb-cache"), "copy", str(whole), str(out), "-q"],
+        "merge": [console_script("lmdb-cache"), "merge", *map(str, parts), "-o", str(out), "-q"],
     }
     for _ in range(args.pairs):
         for name, cmd in commands.items():

@@ -48,7 +48,7 @@ DATA = Path("data/demo")
 RUNS = Path("runs/demo")
 
 
-def _script(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this project, next to the running interpreter when possible."""
     local = Path(sys.executable).parent / name
     if local.exists():
@@ -82,7 +82,7 @@ def _arg(path: Path) -> str:
 
 
 def _train(name: str, out: Path, epochs: int, overrides: list[str]) -> dict[str, Any]:
-    cmd = [_script("ocr-train"), "--config", CONFIG, "--output", _arg(out / name), "--quiet"]
+    cmd = [console_script("ocr-train"), "--config", CONFIG, "--output", _arg(out / name), "--quiet"]
     cmd += ["--epochs", str(epochs), *overrides]
     started = time.time()
     wall, _ = _run(cmd)
@@ -92,7 +92,15 @@ def _train(name: str, out: Path, epochs: int, overrides: list[str]) -> dict[str,
 
 
 def _eval(checkpoint: Path, overrides: list[str]) -> dict[str, Any]:
-    cmd = [_script("ocr-eval"), "-k", _arg(checkpoint), "--config", CONFIG, "--json", *overrides]
+    cmd = [
+        console_script("ocr-eval"),
+        "-k",
+        _arg(checkpoint),
+        "--config",
+        CONFIG,
+        "--json",
+        *overrides,
+    ]
     started = time.time()
     wall, stdout = _run(cmd, capture=True)
     result = json.loads(stdout)
@@ -224,7 +232,13 @@ def _make_data(args: argparse.Namespace) -> float:
     build_s = 0.0
     for name in ("train", "val"):
         elapsed, _ = _run(
-            [_script("build-cache"), _arg(data / name), "--max-side", str(args.max_side), "--quiet"]
+            [
+                console_script("build-cache"),
+                _arg(data / name),
+                "--max-side",
+                str(args.max_side),
+                "--quiet",
+            ]
         )
         build_s += elapsed
     return build_s

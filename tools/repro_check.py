@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: only tools/ is on the path
     sys.path.insert(0, str(ROOT))
 
+from tools.demo import console_script  # noqa: E402
 from tools.folder_lock import FolderBusyError, hold_folder  # noqa: E402
 from tools.runlog import (  # noqa: E402
     Divergence,
@@ -307,7 +308,7 @@ def _cache(data: Path) -> list[str]:
 def _train(out: Path, config: Path, epochs: int, overrides: list[str]) -> RunResult:
     """One ``ocr-train`` run in a fresh process, its output kept unless it fails."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [_script("ocr-train"), "--config", str(config), "--output", str(out), "--quiet"]
+    cmd = [console_script("ocr-train"), "--config", str(config), "--output", str(out), "--quiet"]
     cmd += ["--epochs", str(epochs), *overrides]
     start = time.perf_counter()
     proc = subprocess.run(
@@ -411,17 +412,6 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _script(name: str) -> str:
-    """A console script of this project, next to the running interpreter when possible."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(f"'{name}' is not installed; run: pip install -e . (see the README)")
-    return found
 
 
 def _shown(path: Path) -> str:

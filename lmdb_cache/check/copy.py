@@ -21,6 +21,7 @@ from typing import Any
 
 import lmdb
 
+from ..durable import sync_file, sync_folder
 from ..errors import CacheError, DiskFullError, StoreDamagedError
 from ..read.reader import open_cache
 from ..reporting import Progress
@@ -67,27 +68,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sync_file(path: str) -> None:
-    """Flush a file's data to the disk (``mdb_env_copy`` writes without syncing)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def put_in_place(work: str, destination: str, doing: str) -> int:
+    """Flush the finished store in ``work`` to the disk and rename it to ``destination`` (the
+    caller removes ``work`` on an error); returns the size of its ``data.mdb``.
 
-
-def sync_folder(path: str) -> None:
-    """Flush a folder's entries (a rename into it) to the disk, where the system allows."""
+    Raises:
+        FileExistsError: ``destination`` appeared meanwhile (``doing``: "copying", ...).
+    """
+    data = os.path.join(work, "data.mdb")
+    size = os.path.getsize(data)
+    sync_file(data)  # on the disk before its name says "done"
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
+        os.rename(work, destination)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(
+                f"'{destination}' was created while {doing}; nothing was replaced"
+            ) from e
+        raise
+    sync_folder(os.path.dirname(os.path.abspath(destination)))
+    return size
 
 
 def work_dir(destination: str, kind: str = "copy") -> str:
@@ -187,17 +187,7 @@ def copy_cache(
                 f"first: {first}); nothing was written to '{destination}'; check the source "
                 f"with 'validate-cache {source}'"
             )
-        data_bytes = os.path.getsize(os.path.join(work, "data.mdb"))
-        sync_file(os.path.join(work, "data.mdb"))  # on the disk before its name says "done"
-        try:
-            os.rename(work, destination)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise FileExistsError(
-                    f"'{destination}' was created while copying; nothing was replaced"
-                ) from e
-            raise
-        sync_folder(os.path.dirname(os.path.abspath(destination)))
+        data_bytes = put_in_place(work, destination, "copying")
     except BaseException:
         remove_store_dir(work)
         raise

@@ -33,7 +33,7 @@ import lmdb
 
 from .._version import __version__
 from ..errors import CacheError, DiskFullError, SettingsMismatchError, StoreDamagedError
-from ..format.identity import RecordsDigest, digest_entry, settings_differences
+from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_entry, settings_differences
 from ..format.schema import (
     DATABASES,
     DB_FAILURES,
@@ -55,7 +55,7 @@ from ..reporting import Progress, as_progress
 from ..write.commits import now
 from ..write.locking import NoBuild
 from ..write.store import no_space, remove_store_dir
-from .copy import check_destination, sync_folder, work_dir
+from .copy import check_destination, put_in_place, work_dir
 from .findings import ValidationReport
 from .validate import validate_cache
 
@@ -251,7 +251,7 @@ def _manifest(
         "total_bytes": total,
         "source_root": roots.pop() if len(roots) == 1 else "",
         "complete": True,
-        "records_digest": digest_entry(digest, stamp),
+        DIGEST_FIELD: digest_entry(digest, stamp),
     }
 
 
@@ -307,16 +307,7 @@ def merge_caches(
                 f"the merge of {', '.join(paths)} failed validation ({report.problems[0].message}"
                 f"); nothing was written to '{output}'; check each part with validate-cache"
             )
-        data_bytes = os.path.getsize(os.path.join(work, "data.mdb"))
-        try:
-            os.rename(work, output)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise FileExistsError(
-                    f"'{output}' was created while merging; nothing was replaced"
-                ) from e
-            raise
-        sync_folder(os.path.dirname(os.path.abspath(output)))
+        data_bytes = put_in_place(work, output, "merging")
     except BaseException:
         remove_store_dir(work)
         raise
@@ -378,9 +369,7 @@ class _Output:
         self.env.close()
         data = os.path.join(self.path, "data.mdb")
         if os.path.getsize(data) > used:
-            with open(data, "r+b") as f:
-                f.truncate(used)
-                os.fsync(f.fileno())
+            os.truncate(data, used)
 
 
 def _write(

@@ -33,6 +33,7 @@ except ImportError as e:  # a light install: lmdb_cache alone does not need torc
     ) from e
 
 from .errors import MissingImageError
+from .format.keyindex import KeyList
 from .read.reader import open_cache
 
 
@@ -63,14 +64,17 @@ class CacheDataset(Dataset):
     ) -> None:
         self.path = os.fspath(path)
         self.reader = open_cache(self.path, verify=verify)
+        # Held compactly (``KeyList``): a list of a million str would be copied page by page
+        # into every worker as their reference counts change.
+        self.keys: KeyList
         if keys is None:
-            self.keys = list(self.reader.keys())
+            self.keys = self.reader.key_list()
         else:
-            self.keys = list(keys)
-            for key in self.keys:
+            for key in keys:
                 if key not in self.reader:
                     self.reader.close()
                     raise MissingImageError(key, self.path)
+            self.keys = KeyList.from_keys(keys)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -34,6 +34,7 @@ import lmdb
 from .._version import __version__
 from ..errors import CacheError, DiskFullError, SettingsMismatchError, StoreDamagedError
 from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_entry, settings_differences
+from ..format.keyindex import KEYS_KEY, pack_index
 from ..format.schema import (
     DATABASES,
     DB_FAILURES,
@@ -212,16 +213,17 @@ class _Appender:
 
 def _copy_records(
     parts: list[CacheReader], paths: list[str], out: _Appender, progress: Progress
-) -> tuple[int, int, int, RecordsDigest]:
-    """Stream the meta, pixels and failures databases; returns (images, failed, pixel bytes,
-    records digest)."""
+) -> tuple[list[bytes], int, int, RecordsDigest]:
+    """Stream the meta, pixels and failures databases; returns (the record keys, failed, pixel
+    bytes, records digest)."""
     digest = RecordsDigest()
-    images = total = failed = 0
+    keys: list[bytes] = []
+    total = failed = 0
     for key, i in _merged_keys(parts, paths, DB_META):
         value = parts[i].raw.value(DB_META, key)
         meta = check_meta(unseal(value, key))
         digest.add(key, meta)
-        images += 1
+        keys.append(key)
         out.put(DB_META, key, value)
     for key, i in _merged_keys(parts, paths, DB_PIXELS):
         value = parts[i].raw.value(DB_PIXELS, key)
@@ -231,7 +233,7 @@ def _copy_records(
     for key, i in _merged_keys(parts, paths, DB_FAILURES):
         out.put(DB_FAILURES, key, parts[i].raw.value(DB_FAILURES, key))
         failed += 1
-    return images, failed, total, digest
+    return keys, failed, total, digest
 
 
 def _manifest(
@@ -385,8 +387,12 @@ def _write(
     store = _Output(work, bound + bound // 64 + (64 << 20))
     out = _Appender(store)
     try:
-        images, failed, total, digest = _copy_records(readers, paths, out, bar)
+        keys, failed, total, digest = _copy_records(readers, paths, out, bar)
+        images = len(keys)
         manifest = _manifest(manifests, images, failed, total, digest)
+        # The manifest database in key order (append mode): b"keys" < b"manifest".
+        out.put(DB_MANIFEST, KEYS_KEY, pack_index(keys, manifest["updated"]))
+        del keys
         out.put(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))
         out.commit()
     except lmdb.Error as e:

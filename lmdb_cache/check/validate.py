@@ -41,9 +41,11 @@ from ..errors import (
 )
 from ..format import codecs
 from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_problem, stored_digest
+from ..format.keyindex import KEYS_KEY, KeyIndexError, index_stamp, read_index, same_keys
 from ..format.lmdbfile import check_data_file
 from ..format.schema import (
     DB_FAILURES,
+    DB_MANIFEST,
     DB_META,
     DB_PIXELS,
     SOURCE_FIELDS,
@@ -210,6 +212,7 @@ class _RecordWalk:
         self._check_failures()
         self._check_manifest()
         self._check_digest()
+        self._check_key_index(meta_keys)
         self.out["metas"] = {
             key: {n: m[n] for n in SOURCE_FIELDS if n in m} if m else {}
             for key, m in self.metas.items()
@@ -382,6 +385,34 @@ class _RecordWalk:
                 f"{walked.hex()}: the store's identity would be wrong (a forged or stale "
                 "manifest)",
                 RECOMMIT,
+            )
+
+    def _check_key_index(self, meta_keys: set[bytes]) -> None:
+        """The key index of the last commit (readers take keys by position from it) against
+        the keys walked."""
+        value, error = self._get(DB_MANIFEST, KEYS_KEY)
+        if value is None:
+            if error is not None:
+                self.problem("key-index", None, f"the key index cannot be read: {error}", UPDATE)
+            return
+        manifest = self.out["manifest"]
+        if index_stamp(value) != manifest.get("updated"):
+            return  # an earlier commit's, which readers never use
+        if manifest["images"] != len(meta_keys):
+            return  # a manifest-mismatch already (readers walk the keys), with the same fix
+        try:
+            keys = read_index(value)
+        except KeyIndexError as e:
+            self.problem("key-index", None, f"the key index is damaged: {e}", UPDATE)
+            return
+        differs = same_keys(keys, sorted(meta_keys))
+        if differs is not None:
+            self.problem(
+                "key-index",
+                None,
+                f"the key index disagrees with the records ({differs}): records were written "
+                "behind the manifest's back",
+                UPDATE,
             )
 
 

@@ -61,7 +61,7 @@ class KeyList(Sequence[str]):
         self.blob = blob if isinstance(blob, np.ndarray) else np.frombuffer(blob, np.uint8)
 
     @classmethod
-    def from_raw(cls, raw_keys: Iterable[bytes]) -> KeyList:
+    def from_raw(cls, raw_keys: Iterable[bytes | memoryview]) -> KeyList:
         """A list of LMDB key bytes, in the order given."""
         keys = [bytes(k) for k in raw_keys]
         ends = np.fromiter((len(k) for k in keys), dtype=np.uint64, count=len(keys))
@@ -123,7 +123,7 @@ class KeyList(Sequence[str]):
         return f"KeyList({len(self)} keys, {self.nbytes} bytes)"
 
 
-def pack_index(raw_keys: Iterable[bytes], stamp: str) -> bytes:
+def pack_index(raw_keys: Iterable[bytes | memoryview], stamp: str) -> bytes:
     """The stored key index of ``raw_keys`` (LMDB bytes, in storage order), bound to the
     manifest stamp ``stamp``."""
     keys = KeyList.from_raw(raw_keys)

@@ -34,6 +34,7 @@ import lmdb
 
 from ..errors import CacheError, damaged
 from ..format.extents import Extents
+from ..format.keyindex import KeyList
 from ..format.lmdbfile import check_data_file, meta_state, structure_problems
 from ..format.schema import MAX_DBS, MAX_READERS
 
@@ -106,6 +107,10 @@ class SharedEnv:
         self.readers = 0
         self.views = 0
         self.verified = False  # structure checked once per process (readers with verify=True)
+        # The stored key index whose CRC-32 this process checked: (stamp, length).
+        self.index_checked: tuple[str, int] | None = None
+        # The key list walked for the state of a commit without a current index: (txn id, keys).
+        self.walked: tuple[int, KeyList] | None = None
 
     def begin_read(self) -> lmdb.Transaction:
         """A read transaction (a snapshot) with buffers, from this process's environment.

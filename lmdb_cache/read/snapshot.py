@@ -1,10 +1,14 @@
 """A reader's snapshot: one LMDB read transaction, the store's databases and manifest, and the
 one trip a read takes through them.
 
-A read of ``key`` encodes the key once, loads and checks its metadata once per snapshot
-(kept as an :class:`Entry`), takes the stored value once and returns the pixels: a zero-copy
-view, an owned copy, or a decode into the caller's array. Every value LMDB hands out was
-first checked to lie inside the file (``format.extents``).
+A read of ``key`` encodes the key once, loads and checks its metadata (kept as an
+:class:`Entry` for the next reads of that key, up to :data:`ENTRIES_KEPT` of them), takes the
+stored value once and returns the pixels: a zero-copy view, an owned copy, or a decode into
+the caller's array. Every value LMDB hands out was first checked to lie inside the file
+(``format.extents``).
+
+Keys by position come from the store's key index (``format.keyindex``), read through the
+mapping: one page-cache copy for every process, nothing per key in any of them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..errors import (
 )
 from ..format import codecs
 from ..format.extents import ExtentError, Tree, describe
+from ..format.keyindex import KEYS_KEY, KeyIndexError, KeyList, index_stamp, read_index
 from ..format.schema import (
     DATABASES,
     DB_FAILURES,
@@ -55,10 +60,15 @@ class Entry(NamedTuple):
     codec: codecs.Codec
 
 
+# Entries kept per snapshot: enough for a key's reads in a row (its metadata, then its pixels),
+# bounded so that a long epoch does not keep a map per key read.
+ENTRIES_KEPT = 1024
+
+
 @dataclass
 class Snapshot:
-    """What one read transaction sees; cached per snapshot: the key list, the entries read and
-    the store's identity."""
+    """What one read transaction sees; cached per snapshot: the key list, the last entries
+    read and the store's identity."""
 
     txn: lmdb.Transaction
     dbs: dict[bytes, Any]
@@ -66,7 +76,8 @@ class Snapshot:
     tracker: environment.ViewTracker
     started: float
     tree: Tree
-    keys: list[str] | None = None
+    shared: environment.SharedEnv
+    keys: KeyList | None = None
     entries: dict[str, Entry] = field(default_factory=dict)
     path: str = ""
     identity: str | None = None  # the store's, once asked (``read.identity``)
@@ -122,6 +133,8 @@ class Snapshot:
             raise CorruptRecordError(key, f"metadata: {e}", self.path) from e
         if keep:
             guard(self.tree, self.path, DB_PIXELS, ekey, key, self.manifest)
+            if len(self.entries) >= ENTRIES_KEPT:
+                del self.entries[next(iter(self.entries))]  # the oldest
             self.entries[key] = found
         return found
 
@@ -218,19 +231,56 @@ class Snapshot:
             raise damaged(self.path, "to list the keys", e) from e
         return found
 
-    def all_keys(self) -> list[str]:
-        """Every image key, sorted; listed once per snapshot.
+    def key_list(self) -> KeyList:
+        """Every record key in storage order: the store's key index read through the mapping
+        when it describes this snapshot's commit, else a walk of the keys (which the
+        environment keeps while no commit follows). Valid while the snapshot lives.
 
         Raises:
-            StoreDamagedError: LMDB cannot walk the metadata database.
+            StoreDamagedError: the key index is damaged, or LMDB cannot walk the keys.
         """
         if self.keys is None:
-            try:
-                cursor = self.txn.cursor(db=self.dbs[DB_META])
-                self.keys = [decode_key(k) for k in cursor.iternext(keys=True, values=False)]
-            except lmdb.Error as e:
-                raise damaged(self.path, "to list the keys", e) from e
+            self.keys = self._stored_keys()
+            if self.keys is None:
+                self.keys = self._walked_keys()
         return self.keys
+
+    def _stored_keys(self) -> KeyList | None:
+        stamp = str(self.manifest.get("updated"))
+        guard(self.tree, self.path, DB_MANIFEST, KEYS_KEY, "key index", self.manifest)
+        try:
+            value = self.txn.get(KEYS_KEY, db=self.dbs[DB_MANIFEST])
+        except lmdb.Error as e:
+            raise damaged(self.path, "to read its key index", e) from e
+        if value is None or index_stamp(value) != stamp:
+            return None  # none, or one of another commit
+        checked = (stamp, len(value))
+        try:
+            keys = read_index(value, check=self.shared.index_checked != checked)
+        except KeyIndexError as e:
+            root = self.manifest.get("source_root") or "SRC"
+            raise StoreDamagedError(
+                f"cache '{self.path}' has a damaged key index ({e}); run 'build-cache {root} -o "
+                f"{self.path}' to write it again (unchanged images are not decoded), and "
+                f"'validate-cache {self.path}' to check the rest"
+            ) from None
+        self.shared.index_checked = checked
+        if len(keys) != self.count():
+            return None  # records written behind the manifest's back: walk them
+        return keys
+
+    def _walked_keys(self) -> KeyList:
+        txn_id = self.txn.id()
+        walked = self.shared.walked
+        if walked is not None and walked[0] == txn_id:
+            return walked[1]
+        try:
+            cursor = self.txn.cursor(db=self.dbs[DB_META])
+            keys = KeyList.from_raw(cursor.iternext(keys=True, values=False))
+        except lmdb.Error as e:
+            raise damaged(self.path, "to list the keys", e) from e
+        self.shared.walked = (txn_id, keys)
+        return keys
 
     def raw_keys(self, database: str | bytes) -> Iterator[bytes]:
         """The LMDB keys of one of the store's databases, as stored."""
@@ -360,9 +410,8 @@ def open_snapshot(
             f"cache '{path}' has no manifest; rebuild it with 'build-cache SRC -o {path} --rebuild'"
         )
     manifest = decode_manifest(raw, path)
-    return Snapshot(
-        txn, dbs, manifest, environment.ViewTracker(shared), time.monotonic(), tree, path=path
-    )
+    tracker = environment.ViewTracker(shared)
+    return Snapshot(txn, dbs, manifest, tracker, time.monotonic(), tree, shared, path=path)
 
 
 def _database(name: str | bytes) -> bytes:

@@ -109,7 +109,7 @@ class Batch:
         )
         self.ops.append((DB_MANIFEST, MANIFEST_KEY, seal(self.manifest, MANIFEST_KEY)))
         try:
-            self.store.write(self.ops, self.bytes)
+            self.store.write(self.ops, self.bytes, self.manifest["updated"] if final else None)
         except DiskFullError as e:
             raise DiskFullError(
                 f"{e}; {self.committed_images} images are stored and committed, nothing is "

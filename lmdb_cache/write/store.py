@@ -19,8 +19,16 @@ from pathlib import Path
 import lmdb
 
 from ..errors import CacheError, DiskFullError, NotACacheError, StoreDamagedError
+from ..format.keyindex import KEYS_KEY, pack_index
 from ..format.lmdbfile import check_data_file, structure_problems
-from ..format.schema import DATABASES, MAX_DBS, MAX_READERS, foreign_flags
+from ..format.schema import (
+    DATABASES,
+    DB_MANIFEST,
+    DB_META,
+    MAX_DBS,
+    MAX_READERS,
+    foreign_flags,
+)
 from .locking import LOCK_NAME
 
 MIN_MAP_SIZE = 1 << 30
@@ -103,9 +111,18 @@ class WriteStore:
         if needed > map_size:
             self.env.set_mapsize(max(needed, min(2 * map_size, map_size + MAX_MAP_GROWTH)))
 
-    def write(self, ops: list[tuple[bytes, bytes, bytes | None]], nbytes: int) -> None:
+    def write(
+        self,
+        ops: list[tuple[bytes, bytes, bytes | None]],
+        nbytes: int,
+        index_stamp: str | None = None,
+    ) -> None:
         """Apply ``(db, key, value-or-None-to-delete)`` in one transaction, growing the map if
         LMDB reports it full (the transaction is replayed whole, so it lands whole or not at all).
+
+        With ``index_stamp`` (a final commit) the transaction also writes the key index of every
+        record key it leaves, bound to that manifest stamp (``format.keyindex``); without, it
+        removes any index, which would describe an earlier state.
 
         Raises:
             DiskFullError: the device ran out of space; the store keeps its last commit.
@@ -120,6 +137,7 @@ class WriteStore:
                             txn.delete(key, db=self.dbs[db])
                         else:
                             txn.put(key, value, db=self.dbs[db])
+                    self._write_index(txn, index_stamp)
                 return
             except lmdb.MapFullError:
                 self.env.set_mapsize(2 * self.env.info()["map_size"])
@@ -128,6 +146,15 @@ class WriteStore:
                 if full is not None:
                     raise full from e
                 raise _damaged(self.path, f"LMDB: {e}") from e
+
+    def _write_index(self, txn: lmdb.Transaction, stamp: str | None) -> None:
+        manifest = self.dbs[DB_MANIFEST]
+        if stamp is None:
+            txn.delete(KEYS_KEY, db=manifest)
+            return
+        cursor = txn.cursor(db=self.dbs[DB_META])
+        keys = cursor.iternext(keys=True, values=False)
+        txn.put(KEYS_KEY, pack_index(keys, stamp), db=manifest)
 
     def read_all(self, db: bytes) -> list[tuple[bytes, bytes]]:
         """Every ``(key, value)`` of one database, values copied out of the map."""

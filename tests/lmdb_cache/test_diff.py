@@ -49,7 +49,7 @@ def test_equal_identities_read_no_record(pair, monkeypatch):
     def no_record_read(*args, **kwargs):
         raise AssertionError("a record was read")
 
-    for name in ("entry", "keys_after", "all_keys", "read"):
+    for name in ("entry", "keys_after", "key_list", "read"):
         monkeypatch.setattr(Snapshot, name, no_record_read)
     code, doc = diff_json(*pair)
     assert (code, doc["same"], doc["walked"]) == (0, True, False)

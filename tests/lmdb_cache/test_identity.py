@@ -164,7 +164,7 @@ def test_reading_the_identity_reads_no_record(tmp_path, monkeypatch):
     def no_record_read(*args, **kwargs):
         raise AssertionError("the identity read a record")
 
-    for name in ("entry", "keys_after", "all_keys", "read"):
+    for name in ("entry", "keys_after", "key_list", "read"):
         monkeypatch.setattr(Snapshot, name, no_record_read)
     with CacheReader(path) as reader:
         assert re.fullmatch(r"[0-9a-f]{32}", reader.identity)

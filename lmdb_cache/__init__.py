@@ -31,6 +31,7 @@ from .errors import (
     StoreDamagedError,
     TruncatedStoreError,
 )
+from .format.keyindex import KeyList
 from .format.versions import FORMAT_VERSION
 from .images import DecodedImage, decode_file
 from .read.reader import CacheReader, open_cache
@@ -53,6 +54,7 @@ __all__ = [
     "Finding",
     "FormatVersionError",
     "ImageDecodeError",
+    "KeyList",
     "MissingImageError",
     "NotACacheError",
     "Record",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def _file_digest(path: str | os.PathLike[str]) -> str:
     return "sha256:" + digest.hexdigest()[:32]
 
 
-def _disk_digest(root: Path, keys: list[str]) -> str:
+def _disk_digest(root: Path, keys: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for key in sorted(keys):
         try:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from lmdb_cache.images import resample_filter
-from ocr.data.dataset import DONT_CARE, sample_seed
+from ocr.data.dataset import sample_seed
 from ocr.data.geometry import (
     orientation_matrix,
     polygons_in_upright_frame,
@@ -232,10 +232,13 @@ class ReferenceDataset(torch.utils.data.Dataset):
         ds = self.dataset
         key = ds.keys[index]
         loaded = ds.source.load(key)
-        ann = ds.annotations[key]
+        # The dataset keeps its annotations as flat arrays; this takes them one polygon at a
+        # time, as the previous implementation held them.
+        ann_polygons = ds.table.polygons(index).to_list()
+        dont_care = ds.table.dont_care(index).tolist()
         to_upright = orientation_matrix(loaded.orientation, loaded.raw_width, loaded.raw_height)
         if polygons_in_upright_frame(
-            ann.polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
+            ann_polygons, loaded.orientation, loaded.raw_width, loaded.raw_height
         ):
             to_upright = np.eye(3)
         # The cap's per-axis scale, worked out here as the previous implementation did.
@@ -243,16 +246,15 @@ class ReferenceDataset(torch.utils.data.Dataset):
         scale_x = loaded.pixels.shape[1] / upright_w
         scale_y = loaded.pixels.shape[0] / upright_h
         to_image = scale_matrix(scale_x, scale_y) @ to_upright
-        polygons = [apply(to_image, p) for p in ann.polygons]
+        polygons = [apply(to_image, p) for p in ann_polygons]
         rng = np.random.default_rng(sample_seed(ds.seed, ds.epoch, index))
         image, moved, matrix, valid = self.transform(loaded.pixels, polygons, rng)
         upright_to_sample = matrix @ scale_matrix(scale_x, scale_y)
-        dont_care = [text == DONT_CARE for text in ann.texts]
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "polygons": [p.astype(np.float32) for p in moved],
             "ignore": [not v or d for v, d in zip(valid, dont_care, strict=True)],
-            "gt_polygons": [apply(to_upright, p) for p in ann.polygons],
+            "gt_polygons": [apply(to_upright, p) for p in ann_polygons],
             "gt_ignore": dont_care,
             "inverse_matrix": np.linalg.inv(upright_to_sample).astype(np.float64),
             "filename": key,

@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lmdb_cache import (
+    KeyList,
     MissingImageError,
     SettingsMismatchError,
     StaleCacheError,
@@ -37,7 +39,6 @@ from lmdb_cache import (
 from lmdb_cache.geometry import upright_to_pixels
 from lmdb_cache.images import cap_pixels, decode_file
 
-from .annotations import ImageAnnotation, load_annotations
 from .collate import collate, empty_batch
 from .digest import content_checksum
 from .geometry import (
@@ -45,7 +46,8 @@ from .geometry import (
     polygons_in_upright_frame,
     upright_size,
 )
-from .sample import TARGET_DTYPES, TARGET_NAMES, Batch, DBNetMaps, PolygonSet, Sample
+from .sample import TARGET_DTYPES, TARGET_NAMES, Batch, DBNetMaps, Sample
+from .table import AnnotationTable
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class ImageSource(Protocol):
         """``disk``, ``preload`` or ``cache``, as a run reports its sources."""
         ...
 
-    def check(self, keys: list[str]) -> None:
+    def check(self, keys: Sequence[str]) -> None:
         """The start-up checks that the source can serve ``keys`` (the annotated images) as
         configured; a source without any does nothing.
 
@@ -124,7 +126,7 @@ class DiskSource:
         self.max_side = max_side
         self.resample = resample
 
-    def check(self, keys: list[str]) -> None:
+    def check(self, keys: Sequence[str]) -> None:
         """Nothing to check: a missing file is an error when it is read."""
 
     def load(self, key: str) -> LoadedImage:
@@ -140,10 +142,10 @@ class PreloadSource:
 
     name = "preload"
 
-    def __init__(self, disk: DiskSource, keys: list[str]) -> None:
+    def __init__(self, disk: DiskSource, keys: Sequence[str]) -> None:
         self.images = {key: disk.load(key) for key in keys}
 
-    def check(self, keys: list[str]) -> None:
+    def check(self, keys: Sequence[str]) -> None:
         """Nothing to check: every image was decoded when the source was made."""
 
     def load(self, key: str) -> LoadedImage:
@@ -193,7 +195,7 @@ class CacheSource:
         self._warned = False
         self.reader.check_settings(max_side, resample)
 
-    def check(self, keys: list[str]) -> None:
+    def check(self, keys: Sequence[str]) -> None:
         """The start-up checks: the folder it was built from, missing keys, changed sources.
 
         Raises:
@@ -231,10 +233,10 @@ class CacheSource:
     def close(self) -> None:
         self.reader.close()
 
-    def check_keys(self, keys: list[str]) -> list[str]:
+    def check_keys(self, keys: Sequence[str]) -> list[str]:
         return [key for key in keys if key not in self.reader]
 
-    def check_fresh(self, image_path: str | os.PathLike[str], keys: list[str]) -> None:
+    def check_fresh(self, image_path: str | os.PathLike[str], keys: Sequence[str]) -> None:
         """Refuse a cache whose sources changed since it was built (``lmdb_cache.changed_sources``).
 
         Raises:
@@ -267,10 +269,6 @@ class CacheSource:
         # full-size cache is capped here, exactly as build-cache would (check_settings).
         pixels = cap_pixels(record.image, self.max_side, self.resample)
         return LoadedImage(pixels, meta["raw_width"], meta["raw_height"], meta["orientation"])
-
-
-# The ICDAR transcription of a word that is present but not to be learned or counted.
-DONT_CARE = "###"
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -310,6 +308,8 @@ class OCRDataset(Dataset):
             ``tools/bench_loader.py --split train``, docs/benchmarks.md).
         source: Where the images come from: an ``ImageSource`` (``DiskSource``,
             ``PreloadSource`` or ``CacheSource``), the only way the dataset reads them.
+        table: The annotations: every image's polygons and don't-care flags as flat
+            arrays (``ocr.data.table.AnnotationTable``), all the dataset keeps of the file.
 
     Raises:
         ValueError: a bad option value.
@@ -343,16 +343,8 @@ class OCRDataset(Dataset):
                 f"max_side {max_side} is below the transform size {target_size}: images would "
                 "be upscaled after being downscaled; use max_side >= the transform size"
             )
-        self.annotations: dict[str, ImageAnnotation] = load_annotations(annotation_path)
-        self.keys = list(self.annotations)
-        # Each image's polygons as one array, and its don't-care flags, made once.
-        self._polygons = {
-            key: PolygonSet.from_list(ann.polygons) for key, ann in self.annotations.items()
-        }
-        self._dont_care = {
-            key: np.array([text == DONT_CARE for text in ann.texts], dtype=bool)
-            for key, ann in self.annotations.items()
-        }
+        # Flat arrays, no object per image: fork workers share their pages (ocr.data.table).
+        self.table = AnnotationTable.from_file(annotation_path)
         self.transform = transform
         self.targets = targets
         self.seed = seed
@@ -375,11 +367,16 @@ class OCRDataset(Dataset):
             self.source.close()  # see ImageSource.close
             raise
 
+    @property
+    def keys(self) -> KeyList:
+        """The image keys, in annotation file order (``keys[i]`` is sample ``i``'s)."""
+        return self.table.keys
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.table)
 
     def __getitem__(self, index: int) -> Sample:
         """One sample, its image and maps in new arrays."""
@@ -418,7 +415,7 @@ class OCRDataset(Dataset):
     ) -> Sample:
         key = self.keys[index]
         loaded = self.source.load(key)
-        polygons = self._polygons[key]
+        polygons = self.table.polygons(index)  # read-only views: moved below, never written
         frame = loaded.frame
         to_upright = orientation_matrix(loaded.orientation, loaded.raw_width, loaded.raw_height)
         if polygons_in_upright_frame(
@@ -432,13 +429,13 @@ class OCRDataset(Dataset):
             loaded.pixels, polygons.transformed(scale @ to_upright), rng, out=out_image
         )
         upright_to_sample = result.matrix @ scale
-        dont_care = self._dont_care[key]
+        dont_care = self.table.dont_care(index)
         sample = Sample(
             image=result.image,
             polygons=result.polygons.astype(np.float32),
             ignore=~np.asarray(result.valid, dtype=bool) | dont_care,
             gt_polygons=polygons.transformed(to_upright),
-            gt_ignore=dont_care.copy(),  # the dataset keeps the original
+            gt_ignore=dont_care.copy(),  # a view of the table's flags
             inverse_matrix=np.linalg.inv(upright_to_sample).astype(np.float64),
             filename=key,
             raw_size=(loaded.raw_width, loaded.raw_height),

@@ -24,6 +24,7 @@ from .errors import (
     DiskFullError,
     FormatVersionError,
     ImageDecodeError,
+    KeysChangedError,
     MissingImageError,
     NotACacheError,
     SettingsMismatchError,
@@ -31,7 +32,7 @@ from .errors import (
     StoreDamagedError,
     TruncatedStoreError,
 )
-from .format.keyindex import KeyList
+from .format.keyindex import KeyList, KeyOrder
 from .format.versions import FORMAT_VERSION
 from .images import DecodedImage, decode_file
 from .read.reader import CacheReader, open_cache
@@ -55,6 +56,8 @@ __all__ = [
     "FormatVersionError",
     "ImageDecodeError",
     "KeyList",
+    "KeyOrder",
+    "KeysChangedError",
     "MissingImageError",
     "NotACacheError",
     "Record",

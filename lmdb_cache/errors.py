@@ -131,6 +131,19 @@ class StaleCacheError(CacheError, ValueError):
         )
 
 
+class KeysChangedError(CacheError, RuntimeError):
+    """The store's keys changed under positions taken from an earlier state of it: a position
+    would name another image."""
+
+    def __init__(self, path: str, then: int, now: int) -> None:
+        super().__init__(
+            f"cache '{path}' holds other keys than when its positions were taken ({then} "
+            f"keys then, {now} now), so position i names another image: make the dataset "
+            "again (a new DataLoader), or give it its keys"
+        )
+        self.path = path
+
+
 class DiskFullError(CacheError, OSError):
     """The device holding the store ran out of space while a build wrote it."""
 

@@ -33,7 +33,7 @@ except ImportError as e:  # a light install: lmdb_cache alone does not need torc
     ) from e
 
 from .errors import MissingImageError
-from .format.keyindex import KeyList
+from .format.keyindex import KeyList, KeyOrder
 from .read.reader import open_cache
 
 
@@ -64,11 +64,19 @@ class CacheDataset(Dataset):
     ) -> None:
         self.path = os.fspath(path)
         self.reader = open_cache(self.path, verify=verify)
-        # Held compactly (``KeyList``): a list of a million str would be copied page by page
-        # into every worker as their reference counts change.
-        self.keys: KeyList
+        # No list of str: a million of them would be copied page by page into every worker as
+        # their reference counts change. Every key: positions go through the store's key index
+        # (one page-cache copy for all processes), checked to name the keys they named here;
+        # a store without one (built by an older version) gives a compact copy (``KeyList``).
+        self.keys: KeyList | None = None
+        self.order: KeyOrder | None = None
+        self._count = 0
         if keys is None:
-            self.keys = self.reader.key_list()
+            order = self.reader.key_order()
+            if order.stored:
+                self.order, self._count = order, order.count
+            else:
+                self.keys = self.reader.key_list()
         else:
             for key in keys:
                 if key not in self.reader:
@@ -78,10 +86,21 @@ class CacheDataset(Dataset):
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.keys) if self.keys is not None else self._count
+
+    def key(self, index: int) -> str:
+        """The key of sample ``index``.
+
+        Raises:
+            IndexError: no such sample.
+            KeysChangedError: the store's keys changed since the dataset was made.
+        """
+        if self.keys is not None:
+            return self.keys[index]
+        return self.reader.key_at(index, self.order)
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        record = self.reader[self.keys[index]]
+        record = self.reader[self.key(index)]
         image: Any = torch.from_numpy(record.image)
         if self.transform is not None:
             image = self.transform(image)

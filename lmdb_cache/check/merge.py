@@ -34,7 +34,7 @@ import lmdb
 from .._version import __version__
 from ..errors import CacheError, DiskFullError, SettingsMismatchError, StoreDamagedError
 from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_entry, settings_differences
-from ..format.keyindex import KEYS_KEY, pack_index
+from ..format.keyindex import KEYS_KEY, ORDER_KEY, pack_index
 from ..format.schema import (
     DATABASES,
     DB_FAILURES,
@@ -390,9 +390,12 @@ def _write(
         keys, failed, total, digest = _copy_records(readers, paths, out, bar)
         images = len(keys)
         manifest = _manifest(manifests, images, failed, total, digest)
-        # The manifest database in key order (append mode): b"keys" < b"manifest".
-        out.put(DB_MANIFEST, KEYS_KEY, pack_index(keys, manifest["updated"]))
+        # The manifest database in key order (append mode): b"keys" < b"keys.order" <
+        # b"manifest".
+        index, order = pack_index(keys, manifest["updated"])
         del keys
+        out.put(DB_MANIFEST, KEYS_KEY, index)
+        out.put(DB_MANIFEST, ORDER_KEY, order)
         out.put(DB_MANIFEST, MANIFEST_KEY, seal(manifest, MANIFEST_KEY))
         out.commit()
     except lmdb.Error as e:

@@ -41,7 +41,15 @@ from ..errors import (
 )
 from ..format import codecs
 from ..format.identity import DIGEST_FIELD, RecordsDigest, digest_problem, stored_digest
-from ..format.keyindex import KEYS_KEY, KeyIndexError, index_stamp, read_index, same_keys
+from ..format.keyindex import (
+    KEYS_KEY,
+    ORDER_KEY,
+    KeyIndexError,
+    index_stamp,
+    read_index,
+    read_order,
+    same_keys,
+)
 from ..format.lmdbfile import check_data_file
 from ..format.schema import (
     DB_FAILURES,
@@ -405,6 +413,14 @@ class _RecordWalk:
         except KeyIndexError as e:
             self.problem("key-index", None, f"the key index is damaged: {e}", UPDATE)
             return
+        order_value, _ = self._get(DB_MANIFEST, ORDER_KEY)
+        try:
+            stamp, order = read_order(order_value) if order_value is not None else (None, None)
+        except KeyIndexError as e:
+            stamp, order = None, None
+            self.problem("key-index", None, f"the key order is damaged: {e}", UPDATE)
+        if stamp == manifest.get("updated") and order != keys.order():
+            self.problem("key-index", None, "the key order disagrees with the key index", UPDATE)
         differs = same_keys(keys, sorted(meta_keys))
         if differs is not None:
             self.problem(

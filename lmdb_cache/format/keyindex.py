@@ -20,20 +20,28 @@ The stored index is binary, little-endian::
 ``stamp`` is the manifest's ``updated`` stamp of the commit that wrote it: an index whose
 stamp differs from the manifest's (a later commit, by this version or an older one) describes
 another state of the store and is not used.
+
+Beside it, ``b"keys.order"`` holds the index's :class:`KeyOrder` as a sealed msgpack map
+``{"stamp", "count", "digest"}``: a few bytes a process reads to learn which keys the positions
+name without touching the index (LMDB's ``get`` faults in every page of a value it returns).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import numpy as np
 
-from .schema import decode_key
+from .schema import decode_key, seal, unseal
 
 KEYS_KEY = b"keys"  # under the manifest database
+ORDER_KEY = b"keys.order"  # under the manifest database
 _MAGIC = b"LCKI"
 _VERSION = 1
 _HEAD = struct.Struct("<4sIQQI")
@@ -43,6 +51,22 @@ _ENDS = np.dtype("<u8")
 
 class KeyIndexError(ValueError):
     """A stored key index fails its checks (its CRC-32, its layout or its offsets)."""
+
+
+@dataclass(frozen=True)
+class KeyOrder:
+    """Which keys the positions of a key list name: their count and a BLAKE2b-64 digest of the
+    list's offsets and bytes. Equal orders name the same key at every position.
+
+    Attributes:
+        count: How many keys.
+        digest: 16 hex digits.
+        stored: Read from the store's index (not worked out from a walk); not compared.
+    """
+
+    count: int
+    digest: str
+    stored: bool = field(default=False, compare=False)
 
 
 class KeyList(Sequence[str]):
@@ -62,11 +86,13 @@ class KeyList(Sequence[str]):
 
     @classmethod
     def from_raw(cls, raw_keys: Iterable[bytes | memoryview]) -> KeyList:
-        """A list of LMDB key bytes, in the order given."""
-        keys = [bytes(k) for k in raw_keys]
-        ends = np.fromiter((len(k) for k in keys), dtype=np.uint64, count=len(keys))
-        np.cumsum(ends, out=ends)
-        return cls(ends, np.frombuffer(b"".join(keys), np.uint8).copy())
+        """A list of LMDB key bytes, in the order given (no object kept per key)."""
+        blob = bytearray()
+        ends = array("Q")
+        for key in raw_keys:
+            blob += key
+            ends.append(len(blob))
+        return cls(np.frombuffer(ends, np.uint64), np.frombuffer(blob, np.uint8))
 
     @classmethod
     def from_keys(cls, keys: Iterable[str]) -> KeyList:
@@ -111,6 +137,13 @@ class KeyList(Sequence[str]):
         """The memory the list holds (its two arrays)."""
         return int(self.ends.nbytes + self.blob.nbytes)
 
+    def order(self) -> KeyOrder:
+        """This list's :class:`KeyOrder` (one pass over its arrays)."""
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(np.ascontiguousarray(self.ends, dtype=_ENDS).view(np.uint8).data)
+        digest.update(np.ascontiguousarray(self.blob).data)
+        return KeyOrder(len(self), digest.hexdigest())
+
     def copy(self) -> KeyList:
         """The same keys in arrays of this process (a list read through the mapping dies with
         its snapshot)."""
@@ -123,16 +156,50 @@ class KeyList(Sequence[str]):
         return f"KeyList({len(self)} keys, {self.nbytes} bytes)"
 
 
-def pack_index(raw_keys: Iterable[bytes | memoryview], stamp: str) -> bytes:
-    """The stored key index of ``raw_keys`` (LMDB bytes, in storage order), bound to the
-    manifest stamp ``stamp``."""
+def pack_index(raw_keys: Iterable[bytes | memoryview], stamp: str) -> tuple[bytearray, bytes]:
+    """The stored key index of ``raw_keys`` (LMDB bytes, in storage order) and its order, the
+    values of :data:`KEYS_KEY` and :data:`ORDER_KEY`, bound to the manifest stamp ``stamp``."""
     keys = KeyList.from_raw(raw_keys)
+    order = keys.order()
+    head = {"stamp": stamp, "count": order.count, "digest": order.digest}
+    return _pack(keys, stamp), seal(head, ORDER_KEY)
+
+
+def read_order(value: Any) -> tuple[str, KeyOrder]:
+    """The stamp and order of a stored :data:`ORDER_KEY` value.
+
+    Raises:
+        KeyIndexError: it fails its seal or is not an order.
+    """
+    try:
+        head = unseal(value, ORDER_KEY)
+    except ValueError as e:
+        raise KeyIndexError(f"key order: {e}") from None
+    if (
+        not isinstance(head, dict)
+        or not isinstance(head.get("stamp"), str)
+        or not isinstance(head.get("count"), int)
+        or not isinstance(head.get("digest"), str)
+    ):
+        raise KeyIndexError(f"key order is not a map of stamp, count and digest: {head!r:.200}")
+    return head["stamp"], KeyOrder(head["count"], head["digest"], stored=True)
+
+
+def _pack(keys: KeyList, stamp: str) -> bytearray:
     stamp_bytes = stamp.encode("utf-8")
     head = _HEAD.pack(_MAGIC, _VERSION, len(keys), len(keys.blob), len(stamp_bytes))
     head += stamp_bytes
     head += b"\0" * (-len(head) % 8)
-    body = head + keys.ends.astype(_ENDS, copy=False).tobytes() + keys.blob.tobytes()
-    return body + _CRC.pack(zlib.crc32(body, zlib.crc32(KEYS_KEY)))
+    ends = np.ascontiguousarray(keys.ends, dtype=_ENDS).view(np.uint8)
+    out = bytearray(len(head) + len(ends) + len(keys.blob) + _CRC.size)
+    view = memoryview(out)
+    view[: len(head)] = head
+    view[len(head) : len(head) + len(ends)] = ends.data
+    body = len(out) - _CRC.size
+    view[len(head) + len(ends) : body] = np.ascontiguousarray(keys.blob).data
+    _CRC.pack_into(out, body, zlib.crc32(view[:body], zlib.crc32(KEYS_KEY)))
+    view.release()
+    return out
 
 
 def index_stamp(value: Any) -> str | None:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import MissingImageError
-from ..format.keyindex import KeyList
+from ..errors import KeysChangedError, MissingImageError
+from ..format.keyindex import KeyList, KeyOrder
 from ..format.schema import decode_key
 from .handle import StoreHandle
 from .records import Record
@@ -52,17 +52,37 @@ class StorageOrder:
     def __iter__(self) -> Iterator[str]:
         return self.iter_keys()
 
-    def key_at(self, index: int) -> str:
+    def key_order(self) -> KeyOrder:
+        """Which keys the positions name now: their count and a digest of the key list. O(1)
+        when the store holds its key index (written by every finished build).
+
+        Raises:
+            StoreDamagedError: see :meth:`keys`.
+        """
+        return self._handle.snapshot().key_order()
+
+    def key_at(self, index: int, order: KeyOrder | None = None) -> str:
         """The key at position ``index`` in storage order (the order of :meth:`keys`: keys
         sorted by their UTF-8 bytes); negative positions count from the end.
+
+        Args:
+            index: The position.
+            order: A :meth:`key_order` taken earlier: raise unless the positions still name
+                the same keys (the store may be updated meanwhile).
 
         Raises:
             TypeError: ``index`` is not an int.
             IndexError: no such position.
+            KeysChangedError: the keys are not those of ``order``.
         """
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"a position must be an int, got {type(index).__name__}")
-        keys = self._handle.snapshot().key_list()
+        snap = self._handle.snapshot()
+        if order is not None:
+            now = snap.key_order()
+            if now != order:
+                raise KeysChangedError(self.path, order.count, now.count)
+        keys = snap.key_list()
         if not -len(keys) <= index < len(keys):
             raise IndexError(
                 f"position {index} is outside the {len(keys)} records of cache '{self.path}'"

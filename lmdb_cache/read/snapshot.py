@@ -31,7 +31,16 @@ from ..errors import (
 )
 from ..format import codecs
 from ..format.extents import ExtentError, Tree, describe
-from ..format.keyindex import KEYS_KEY, KeyIndexError, KeyList, index_stamp, read_index
+from ..format.keyindex import (
+    KEYS_KEY,
+    ORDER_KEY,
+    KeyIndexError,
+    KeyList,
+    KeyOrder,
+    index_stamp,
+    read_index,
+    read_order,
+)
 from ..format.schema import (
     DATABASES,
     DB_FAILURES,
@@ -78,6 +87,7 @@ class Snapshot:
     tree: Tree
     shared: environment.SharedEnv
     keys: KeyList | None = None
+    order: KeyOrder | None = None
     entries: dict[str, Entry] = field(default_factory=dict)
     path: str = ""
     identity: str | None = None  # the store's, once asked (``read.identity``)
@@ -244,6 +254,34 @@ class Snapshot:
             if self.keys is None:
                 self.keys = self._walked_keys()
         return self.keys
+
+    def key_order(self) -> KeyOrder:
+        """Which keys this snapshot's positions name (:class:`KeyOrder`): read from the store
+        when its index describes this commit (a few bytes: the index itself is not touched),
+        else worked out from :meth:`key_list`.
+
+        Raises:
+            StoreDamagedError: see :meth:`key_list`.
+        """
+        if self.order is None:
+            self.order = self._stored_order() or self.key_list().order()
+        return self.order
+
+    def _stored_order(self) -> KeyOrder | None:
+        guard(self.tree, self.path, DB_MANIFEST, ORDER_KEY, "key order", self.manifest)
+        try:
+            value = self.txn.get(ORDER_KEY, db=self.dbs[DB_MANIFEST])
+        except lmdb.Error as e:
+            raise damaged(self.path, "to read its key order", e) from e
+        if value is None:
+            return None
+        try:
+            stamp, order = read_order(value)
+        except KeyIndexError:
+            return None  # worked out from the keys instead; validate-cache reports it
+        if stamp != str(self.manifest.get("updated")) or order.count != self.count():
+            return None
+        return order
 
     def _stored_keys(self) -> KeyList | None:
         stamp = str(self.manifest.get("updated"))

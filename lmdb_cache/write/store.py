@@ -19,7 +19,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import CacheError, DiskFullError, NotACacheError, StoreDamagedError
-from ..format.keyindex import KEYS_KEY, pack_index
+from ..format.keyindex import KEYS_KEY, ORDER_KEY, pack_index
 from ..format.lmdbfile import check_data_file, structure_problems
 from ..format.schema import (
     DATABASES,
@@ -151,10 +151,12 @@ class WriteStore:
         manifest = self.dbs[DB_MANIFEST]
         if stamp is None:
             txn.delete(KEYS_KEY, db=manifest)
+            txn.delete(ORDER_KEY, db=manifest)
             return
         cursor = txn.cursor(db=self.dbs[DB_META])
-        keys = cursor.iternext(keys=True, values=False)
-        txn.put(KEYS_KEY, pack_index(keys, stamp), db=manifest)
+        index, order = pack_index(cursor.iternext(keys=True, values=False), stamp)
+        txn.put(KEYS_KEY, index, db=manifest)
+        txn.put(ORDER_KEY, order, db=manifest)
 
     def read_all(self, db: bytes) -> list[tuple[bytes, bytes]]:
         """Every ``(key, value)`` of one database, values copied out of the map."""

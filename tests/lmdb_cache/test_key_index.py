@@ -11,6 +11,7 @@ code under test.
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import re
 import struct
@@ -495,6 +496,31 @@ def test_damaged_index_fails_the_reader_naming_the_store(unicode_store):
         pytest.raises(StoreDamagedError, match=f"'{re.escape(str(unicode_store))}'.*damaged key"),
     ):
         reader.key_at(0)
+
+
+def test_damaged_index_of_a_writer_store_fails_the_reader_naming_a_writer_commit(unicode_store):
+    damage_index(unicode_store)  # no folder built it: build-cache would drop its records
+    with (
+        open_cache(unicode_store) as reader,
+        pytest.raises(StoreDamagedError, match=r"commit it again with 'lmdb_cache\.CacheWriter\("),
+    ):
+        reader.key_at(0)
+
+
+def test_damaged_index_of_a_built_store_fails_the_reader_naming_its_folder(tiny_images, tiny_cache):
+    damage_index(tiny_cache)
+    folder = re.escape(os.path.realpath(tiny_images))
+    with (
+        open_cache(tiny_cache) as reader,
+        pytest.raises(StoreDamagedError, match=f"run 'build-cache {folder} -o "),
+    ):
+        reader.key_at(0)
+
+
+def test_damaged_index_of_a_writer_store_is_fixed_by_a_writer_commit(unicode_store):
+    damage_index(unicode_store)
+    (problem,) = validate_cache(unicode_store).problems
+    assert "lmdb_cache.CacheWriter(" in problem.message
 
 
 def test_damaged_index_is_a_key_index_problem(unicode_store):

@@ -411,7 +411,9 @@ class _RecordWalk:
         try:
             keys = read_index(value)
         except KeyIndexError as e:
-            self.problem("key-index", None, f"the key index is damaged: {e}", UPDATE)
+            # Any commit writes it again (RECOMMIT: a store no folder built is told to
+            # commit with CacheWriter, never to run build-cache, which would drop its records).
+            self.problem("key-index", None, f"the key index is damaged: {e}", RECOMMIT)
             return
         order_value, _ = self._get(DB_MANIFEST, ORDER_KEY)
         try:

@@ -296,10 +296,9 @@ class Snapshot:
         try:
             keys = read_index(value, check=self.shared.index_checked != checked)
         except KeyIndexError as e:
-            root = self.manifest.get("source_root") or "SRC"
+            fix = _recommit(self.path, self.manifest)
             raise StoreDamagedError(
-                f"cache '{self.path}' has a damaged key index ({e}); run 'build-cache {root} -o "
-                f"{self.path}' to write it again (unchanged images are not decoded), and "
+                f"cache '{self.path}' has a damaged key index ({e}); {fix}, and "
                 f"'validate-cache {self.path}' to check the rest"
             ) from None
         self.shared.index_checked = checked
@@ -356,6 +355,21 @@ class Snapshot:
         except lmdb.Error as e:
             raise damaged(self.path, "to list the failed sources", e) from e
         return sorted(out)
+
+
+def _recommit(path: str, manifest: dict[str, Any]) -> str:
+    """The commit that writes the manifest database again. A store no folder built must not be
+    sent to ``build-cache``: an update from a folder drops the records it lacks."""
+    root = manifest.get("source_root")
+    if root:
+        return (
+            f"run 'build-cache {root} -o {path}' to write it again (unchanged images are not "
+            "decoded)"
+        )
+    return (
+        f"commit it again with 'lmdb_cache.CacheWriter({path!r}).close()' in Python "
+        f"(or 'build-cache SRC -o {path}' if it was built from a folder)"
+    )
 
 
 def _owner(array: np.ndarray) -> np.ndarray:

@@ -8,8 +8,9 @@ tree (``--tree NAME=PATH``, the package imported from PATH; this checkout by def
   and shuffled batches of 256, one epoch. A thread samples every 0.5 s the memory of the main
   process and of each worker from ``/proc/PID/smaps_rollup``: USS (private clean + dirty),
   PSS, RSS and the private dirty part of USS (memory the process wrote: what a file-backed
-  page that only it maps, counted in USS too, is not). It reports the main process after the imports, after the dataset is made and
-  at its peak, and each worker's first sample and peak (growth = peak USS - first USS).
+  page that only it maps, counted in USS too, is not). It reports the main process after the
+  imports, after the dataset is made and at its peak, and each worker's first sample and peak
+  (growth = peak USS - first USS).
 - ``access`` (``--access``): random reads by position (``reader.record_at``) and by key
   (``reader[key]``) in one process, the first call apart (that is where a key list is made),
   per read after it. The trees alternate, ``--rounds`` times, each in a fresh process.

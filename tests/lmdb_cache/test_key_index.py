@@ -10,7 +10,9 @@ code under test.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import multiprocessing
 import os
 import pickle
 import re
@@ -29,6 +31,8 @@ from torch.utils.data import DataLoader
 from lmdb_cache import (
     CacheWriter,
     KeyList,
+    KeyOrder,
+    KeysChangedError,
     MissingImageError,
     StoreDamagedError,
     build_cache,
@@ -88,6 +92,12 @@ def parse(value: bytes) -> tuple[str, list[bytes]]:
     ends = struct.unpack_from(f"<{count}Q", value, start)
     blob = value[start + 8 * count : start + 8 * count + blob_len]
     return stamp, [blob[a:b] for a, b in itertools.pairwise((0, *ends))]
+
+
+def remove_index(store: Path) -> None:
+    """Delete the index and its order, as an update's first commit does."""
+    put_raw(store, b"manifest", b"keys", None)
+    put_raw(store, b"manifest", b"keys.order", None)
 
 
 def plain(store: Path) -> dict:
@@ -251,7 +261,7 @@ def test_empty_key_list_has_no_keys():
 
 def test_pack_index_writes_the_documented_layout():
     raw = [k.encode("utf-8") for k in utf8_order(UNICODE_KEYS)]
-    assert pack_index(raw, STAMP) == index_of(raw)
+    assert pack_index(raw, STAMP)[0] == index_of(raw)
 
 
 def test_read_index_reads_the_documented_layout():
@@ -571,10 +581,119 @@ def test_keys_read_again_after_their_entries_went_give_the_same_pixels(small_rec
     assert all(np.array_equal(again[key], image) for key, image in images.items())
 
 
-def test_dataset_keys_are_a_key_list_of_every_key(small_records):
+def test_dataset_over_a_store_with_an_index_keeps_no_key_list(small_records):
     store, images = small_records
     dataset = CacheDataset(store)
-    assert isinstance(dataset.keys, KeyList) and list(dataset.keys) == list(images)
+    assert dataset.keys is None and len(dataset) == len(images)
+
+
+def test_dataset_over_a_store_with_an_index_serves_every_key_by_position(small_records):
+    store, images = small_records
+    dataset = CacheDataset(store)
+    assert [dataset.key(i) for i in range(len(dataset))] == list(images)
+
+
+def test_dataset_over_a_store_without_an_index_holds_a_key_list(unicode_store):
+    remove_index(unicode_store)
+    dataset = CacheDataset(unicode_store)
+    assert isinstance(dataset.keys, KeyList)
+    assert list(dataset.keys) == utf8_order(UNICODE_KEYS)
+
+
+def elsewhere(function, store: Path) -> None:
+    """Run ``function(store)`` in a new process (this one holds the store open)."""
+    process = multiprocessing.get_context("spawn").Process(target=function, args=(store,))
+    process.start()
+    process.join()
+    assert process.exitcode == 0
+
+
+def _add_one(store: Path) -> None:
+    with CacheWriter(store) as writer:
+        writer.add("new.png", image=np.zeros((4, 4, 3), np.uint8))
+
+
+def _replace_one(store: Path) -> None:
+    with CacheWriter(store) as writer:
+        writer.remove("z.png")
+        writer.add("y.png", image=np.zeros((4, 4, 3), np.uint8))
+
+
+def _commit(store: Path) -> None:
+    CacheWriter(store).close()
+
+
+def test_dataset_raises_when_the_store_gains_a_key(unicode_store):
+    dataset = CacheDataset(unicode_store)
+    elsewhere(_add_one, unicode_store)
+    dataset.reader.refresh()
+    with pytest.raises(KeysChangedError, match=r"7 keys then, 8 now.*make the dataset again"):
+        dataset[0]
+
+
+def test_dataset_raises_when_a_key_is_replaced_by_another(unicode_store):
+    dataset = CacheDataset(unicode_store)
+    elsewhere(_replace_one, unicode_store)
+    dataset.reader.refresh()
+    with pytest.raises(KeysChangedError, match="7 keys then, 7 now"):
+        dataset[0]
+
+
+def test_dataset_goes_on_over_a_commit_that_keeps_the_keys(unicode_store):
+    dataset = CacheDataset(unicode_store)
+    first = dataset[3][0].clone()
+    elsewhere(_commit, unicode_store)  # a new stamp, a new index of the same keys
+    dataset.reader.refresh()
+    assert torch.equal(dataset[3][0], first)
+
+
+def test_dataset_goes_on_while_an_update_has_removed_the_index(unicode_store):
+    dataset = CacheDataset(unicode_store)
+    expected = [dataset.key(i) for i in range(len(dataset))]
+    elsewhere(remove_index, unicode_store)  # as an update's first commit leaves it
+    dataset.reader.refresh()
+    assert [dataset.key(i) for i in range(len(dataset))] == expected
+
+
+def test_key_order_is_read_from_the_store(unicode_store, no_walk):
+    with open_cache(unicode_store) as reader:
+        order = reader.key_order()
+    assert order.stored and order.count == 7
+
+
+def test_key_order_equals_the_order_of_the_walked_keys(unicode_store):
+    with open_cache(unicode_store) as reader:
+        stored = reader.key_order()
+    remove_index(unicode_store)
+    with open_cache(unicode_store) as reader:
+        walked = reader.key_order()
+    assert not walked.stored and walked == stored
+
+
+def test_key_order_digest_is_blake2b_of_the_offsets_and_bytes(unicode_store):
+    raw = [k.encode() for k in utf8_order(UNICODE_KEYS)]
+    ends = struct.pack(f"<{len(raw)}Q", *itertools.accumulate(len(k) for k in raw))
+    expected = hashlib.blake2b(ends + b"".join(raw), digest_size=8).hexdigest()
+    with open_cache(unicode_store) as reader:
+        assert reader.key_order().digest == expected
+
+
+def test_key_at_with_another_order_raises(unicode_store):
+    with open_cache(unicode_store) as reader:
+        order = reader.key_order()
+        other = KeyOrder(order.count, "0" * 16)
+        with pytest.raises(KeysChangedError, match="holds other keys"):
+            reader.key_at(0, other)
+
+
+def test_a_damaged_key_order_is_a_key_index_problem(unicode_store):
+    with lmdb.open(str(unicode_store), max_dbs=8) as env:
+        with env.begin(write=True) as txn:
+            db = env.open_db(b"manifest", txn=txn)
+            value = bytearray(txn.get(b"keys.order", db=db))
+            value[3] ^= 0x01
+            txn.put(b"keys.order", bytes(value), db=db)
+    assert ("key-index", None) in kinds(validate_cache(unicode_store))
 
 
 def test_dataset_in_fork_workers_yields_every_key_once_in_order(small_records):

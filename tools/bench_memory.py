@@ -26,6 +26,7 @@ Exit status: 0 done, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -145,8 +146,10 @@ def _higher(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: max(a.get(k, 0), v) for k, v in b.items()}
 
 
-def epoch(store: str, workers: int) -> dict[str, Any]:
-    """One shuffled epoch of ``CacheDataset`` with ``workers`` fork workers."""
+def epoch(store: str, workers: int, freeze: bool = False) -> dict[str, Any]:
+    """One shuffled epoch of ``CacheDataset`` with ``workers`` fork workers; ``freeze``: move
+    every object of the main process out of the garbage collector's reach before the workers
+    fork (``gc.freeze``), so that their collections do not write to the pages they share."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -171,6 +174,8 @@ def epoch(store: str, workers: int) -> dict[str, Any]:
     sampler.start()
     images = 0
     start = time.perf_counter()
+    if freeze:
+        gc.freeze()
     iterator = iter(loader)
     sampler.pids = [w.pid for w in iterator._workers]  # type: ignore[attr-defined]
     sampler.sample()  # each worker's first sample: as forked, before it has read anything
@@ -275,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (4)")
     parser.add_argument("--access", action="store_true", help="also time random access")
+    parser.add_argument(
+        "--freeze", action="store_true", help="also an epoch with gc.freeze() before the fork"
+    )
     parser.add_argument("--reads", type=int, default=20000, help="reads per access run")
     parser.add_argument("--rounds", type=int, default=3, help="access alternations (3)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "build":  # also under another tree: --child build PATH RECORDS
             result = build(rest[0], int(rest[1]))
         elif kind == "epoch":
-            result = epoch(rest[0], int(rest[1]))
+            result = epoch(rest[0], int(rest[1]), rest[2:] == ["freeze"])
         else:
             result = access(rest[0], int(rest[1]), int(rest[2]))
         print(json.dumps(result))
@@ -314,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         row = _child(tree, "epoch", store, str(args.workers))
         report["epoch"][name] = row
         _print_epoch(name, row)
+        if args.freeze:
+            row = _child(tree, "epoch", store, str(args.workers), "freeze")
+            report["epoch"][name + "+freeze"] = row
+            _print_epoch(name + "+freeze", row)
     if args.access:
         report["access"] = {name: [] for name in trees}
         for r in range(args.rounds):

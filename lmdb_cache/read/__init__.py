@@ -3,7 +3,8 @@
 Owns ``reader`` (``CacheReader``, the mapping API), ``handle`` (the process, environment and
 snapshot behind a reader), ``snapshot`` (one read transaction and the one trip of a read),
 ``environment`` (per-process environments, reader slots, exit hooks), ``forks`` (the fork
-hooks), ``records`` (``Record``), ``raw`` (raw access for integrity tools) and ``identity``
-(the store's identity: from the manifest, or by a walk). Imports ``format`` and the package's
+hooks), ``records`` (``Record``), ``raw`` (raw access for integrity tools), ``positions``
+(the key index and order a snapshot's positions come from, or a walk) and ``identity`` (the
+store's identity: from the manifest, or by a walk). Imports ``format`` and the package's
 shared modules (errors, geometry); never ``write``, ``check`` or ``cli``.
 """

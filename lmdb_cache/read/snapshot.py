@@ -31,16 +31,7 @@ from ..errors import (
 )
 from ..format import codecs
 from ..format.extents import ExtentError, Tree, describe
-from ..format.keyindex import (
-    KEYS_KEY,
-    ORDER_KEY,
-    KeyIndexError,
-    KeyList,
-    KeyOrder,
-    index_stamp,
-    read_index,
-    read_order,
-)
+from ..format.keyindex import KeyList, KeyOrder
 from ..format.schema import (
     DATABASES,
     DB_FAILURES,
@@ -58,7 +49,7 @@ from ..format.schema import (
     unseal,
 )
 from ..format.settings import check_meta_fits
-from . import environment
+from . import environment, positions
 
 
 class Entry(NamedTuple):
@@ -250,9 +241,9 @@ class Snapshot:
             StoreDamagedError: the key index is damaged, or LMDB cannot walk the keys.
         """
         if self.keys is None:
-            self.keys = self._stored_keys()
+            self.keys = positions.stored_keys(self)
             if self.keys is None:
-                self.keys = self._walked_keys()
+                self.keys = positions.walked_keys(self)
         return self.keys
 
     def key_order(self) -> KeyOrder:
@@ -264,60 +255,8 @@ class Snapshot:
             StoreDamagedError: see :meth:`key_list`.
         """
         if self.order is None:
-            self.order = self._stored_order() or self.key_list().order()
+            self.order = positions.stored_order(self) or self.key_list().order()
         return self.order
-
-    def _stored_order(self) -> KeyOrder | None:
-        guard(self.tree, self.path, DB_MANIFEST, ORDER_KEY, "key order", self.manifest)
-        try:
-            value = self.txn.get(ORDER_KEY, db=self.dbs[DB_MANIFEST])
-        except lmdb.Error as e:
-            raise damaged(self.path, "to read its key order", e) from e
-        if value is None:
-            return None
-        try:
-            stamp, order = read_order(value)
-        except KeyIndexError:
-            return None  # worked out from the keys instead; validate-cache reports it
-        if stamp != str(self.manifest.get("updated")) or order.count != self.count():
-            return None
-        return order
-
-    def _stored_keys(self) -> KeyList | None:
-        stamp = str(self.manifest.get("updated"))
-        guard(self.tree, self.path, DB_MANIFEST, KEYS_KEY, "key index", self.manifest)
-        try:
-            value = self.txn.get(KEYS_KEY, db=self.dbs[DB_MANIFEST])
-        except lmdb.Error as e:
-            raise damaged(self.path, "to read its key index", e) from e
-        if value is None or index_stamp(value) != stamp:
-            return None  # none, or one of another commit
-        checked = (stamp, len(value))
-        try:
-            keys = read_index(value, check=self.shared.index_checked != checked)
-        except KeyIndexError as e:
-            fix = _recommit(self.path, self.manifest)
-            raise StoreDamagedError(
-                f"cache '{self.path}' has a damaged key index ({e}); {fix}, and "
-                f"'validate-cache {self.path}' to check the rest"
-            ) from None
-        self.shared.index_checked = checked
-        if len(keys) != self.count():
-            return None  # records written behind the manifest's back: walk them
-        return keys
-
-    def _walked_keys(self) -> KeyList:
-        txn_id = self.txn.id()
-        walked = self.shared.walked
-        if walked is not None and walked[0] == txn_id:
-            return walked[1]
-        try:
-            cursor = self.txn.cursor(db=self.dbs[DB_META])
-            keys = KeyList.from_raw(cursor.iternext(keys=True, values=False))
-        except lmdb.Error as e:
-            raise damaged(self.path, "to list the keys", e) from e
-        self.shared.walked = (txn_id, keys)
-        return keys
 
     def raw_keys(self, database: str | bytes) -> Iterator[bytes]:
         """The LMDB keys of one of the store's databases, as stored."""
@@ -355,21 +294,6 @@ class Snapshot:
         except lmdb.Error as e:
             raise damaged(self.path, "to list the failed sources", e) from e
         return sorted(out)
-
-
-def _recommit(path: str, manifest: dict[str, Any]) -> str:
-    """The commit that writes the manifest database again. A store no folder built must not be
-    sent to ``build-cache``: an update from a folder drops the records it lacks."""
-    root = manifest.get("source_root")
-    if root:
-        return (
-            f"run 'build-cache {root} -o {path}' to write it again (unchanged images are not "
-            "decoded)"
-        )
-    return (
-        f"commit it again with 'lmdb_cache.CacheWriter({path!r}).close()' in Python "
-        f"(or 'build-cache SRC -o {path}' if it was built from a folder)"
-    )
 
 
 def _owner(array: np.ndarray) -> np.ndarray:

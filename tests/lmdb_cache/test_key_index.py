@@ -42,7 +42,8 @@ from lmdb_cache import (
 )
 from lmdb_cache.cli import cli
 from lmdb_cache.format.keyindex import KeyIndexError, pack_index, read_index
-from lmdb_cache.read.snapshot import ENTRIES_KEPT, Snapshot
+from lmdb_cache.read import positions
+from lmdb_cache.read.snapshot import ENTRIES_KEPT
 from lmdb_cache.torch import CacheDataset, collate
 
 from .conftest import TINY_SPEC
@@ -145,10 +146,10 @@ def kinds(report) -> list[tuple[str, str | None]]:
 def no_walk(monkeypatch):
     """Any walk of the keys fails the test."""
 
-    def walked(self):
+    def walked(snap):
         raise AssertionError("the keys were walked")
 
-    monkeypatch.setattr(Snapshot, "_walked_keys", walked)
+    monkeypatch.setattr(positions, "walked_keys", walked)
 
 
 @pytest.fixture()

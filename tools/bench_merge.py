@@ -8,7 +8,9 @@ processes (``--pairs`` times each):
 * ``copy``: ``lmdb-cache copy WHOLE OUT`` (LMDB's ``mdb_env_copy``, then validation);
 * ``merge``: ``lmdb-cache merge PART... -o OUT`` (streamed in append mode, then validation);
 
-and the same two with ``--no-validate``. Throughput is the stored pixel bytes over each
+and the same two with ``--no-validate``; with ``--unpopulated``, the merge again with its map
+faulted in page by page (``LMDB_CACHE_MERGE_POPULATE=0``) instead of populated ahead of the
+writes (``MADV_POPULATE_WRITE``). Throughput is the stored pixel bytes over each
 command's wall time, so the ratio merge/copy compares the same bytes. Run it alone.
 
     python tools/bench_merge.py ../shared/data/sroie-dev/img --max-side 640 \\
@@ -39,9 +41,9 @@ from lmdb_cache import CacheReader  # noqa: E402
 from tools.demo import console_script  # noqa: E402
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=5, help="alternations of each (5)")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the stores")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--unpopulated",
+        action="store_true",
+        help="also merge with the map faulted in page by page (LMDB_CACHE_MERGE_POPULATE=0)",
+    )
     args = parser.parse_args(argv)
     if not args.images.is_dir():
         parser.error(f"'{args.images}' is not a folder of images")
@@ -107,17 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         images = len(reader)
     runs: dict[str, list[float]] = {}
     out = scratch / "out.lmdb"
-    commands = {
-        "copy": [console_script("lmdb-cache"), "copy", str(whole), str(out), "-q"],
-        "merge": [console_script("lmdb-cache"), "merge", *map(str, parts), "-o", str(out), "-q"],
+    merge = [console_script("lmdb-cache"), "merge", *map(str, parts), "-o", str(out), "-q"]
+    commands: dict[str, tuple[list[str], dict[str, str] | None]] = {
+        "copy": ([console_script("lmdb-cache"), "copy", str(whole), str(out), "-q"], None),
+        "merge": (merge, None),
     }
+    if args.unpopulated:
+        unpopulated = dict(os.environ, LMDB_CACHE_MERGE_POPULATE="0")
+        commands["merge, faulted"] = (merge, unpopulated)
     for _ in range(args.pairs):
-        for name, cmd in commands.items():
+        for name, (cmd, env) in commands.items():
             for validate in (True, False):
                 shutil.rmtree(out, ignore_errors=True)
                 label = name if validate else f"{name} --no-validate"
                 runs.setdefault(label, []).append(
-                    _timed(cmd if validate else [*cmd, "--no-validate"])
+                    _timed(cmd if validate else [*cmd, "--no-validate"], env)
                 )
     shutil.rmtree(out, ignore_errors=True)
     rows: dict[str, Any] = {}
@@ -131,11 +142,15 @@ def main(argv: list[str] | None = None) -> int:
             f"(range {min(rate):.1f}-{max(rate):.1f})"
         )
     ratios = {
-        kind: [m / c for m, c in zip(runs[f"merge{kind}"], runs[f"copy{kind}"], strict=True)]
+        f"{name}{kind}": [
+            m / c for m, c in zip(runs[f"{name}{kind}"], runs[f"copy{kind}"], strict=True)
+        ]
+        for name in commands
+        if name != "copy"
         for kind in ("", " --no-validate")
     }
     for kind, values in ratios.items():
-        print(f"  merge/copy throughput{kind}: median {1 / statistics.median(values):.2f} "
+        print(f"  {kind} / copy throughput: median {1 / statistics.median(values):.2f} "
               f"(range {1 / max(values):.2f}-{1 / min(values):.2f})")  # fmt: skip
     doc = {
         "command": " ".join(["python", "tools/bench_merge.py", *(argv or sys.argv[1:])]),
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "merged_equals_single_build": same,
         "runs": rows,
         "throughput_ratio_merge_over_copy": {
-            kind.strip() or "validated": [1 / v for v in values] for kind, values in ratios.items()
+            kind: [1 / v for v in values] for kind, values in ratios.items()
         },
     }
     if args.json is not None:

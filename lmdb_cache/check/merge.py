@@ -20,6 +20,7 @@ the complete store or does not exist.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import heapq
 import os
@@ -333,6 +334,8 @@ class _Output:
 
     def __init__(self, path: str, map_size: int) -> None:
         self.path = path
+        self.base: int | None = None  # the map's address, once found
+        self.populated = 0  # bytes of the map populated from its start
         self.env = lmdb.open(
             path,
             map_size=map_size,
@@ -362,7 +365,22 @@ class _Output:
             os.close(fd)
 
     def ensure_room(self, nbytes: int) -> None:
-        """Nothing to do: the map holds every part already."""
+        """The map holds every part already; fault in, writable, the pages the next ``nbytes``
+        will fill, in one call (``MADV_POPULATE_WRITE``) instead of one fault per page."""
+        if os.environ.get("LMDB_CACHE_MERGE_POPULATE", "1") == "0":
+            return
+        if self.base is None:
+            self.base = _map_base(os.path.join(self.path, "data.mdb")) or 0
+        if not self.base:
+            return
+        info = self.env.info()
+        psize = self.env.stat()["psize"]
+        start = max((info["last_pgno"] + 1) * psize, self.populated)
+        end = min((info["last_pgno"] + 1) * psize + 2 * nbytes, info["map_size"])
+        if end > start and _populate(self.base + start, end - start):
+            self.populated = end
+        elif end > start:
+            self.base = 0  # the kernel cannot: fault page by page
 
     def close(self) -> None:
         """Sync, close, and give back the file beyond the last page."""
@@ -411,3 +429,29 @@ def _write(
         raise
     store.close()
     return images, failed, total
+
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def _map_base(data: str) -> int | None:
+    """The address of this process's writable mapping of ``data`` (py-lmdb gives none)."""
+    real = os.path.realpath(data)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip() == real and "w" in fields[1]:
+                    return int(fields[0].split("-")[0], 16)
+    except OSError:
+        return None
+    return None
+
+
+def _populate(address: int, length: int) -> bool:
+    """``madvise(MADV_POPULATE_WRITE)`` over a page-aligned range; False where unsupported."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = address - address % page
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc.madvise(start, length + address - start, _MADV_POPULATE_WRITE) == 0

@@ -396,33 +396,36 @@ class _RecordWalk:
             )
 
     def _check_key_index(self, meta_keys: set[bytes]) -> None:
-        """The key index of the last commit (readers take keys by position from it) against
-        the keys walked."""
-        value, error = self._get(DB_MANIFEST, KEYS_KEY)
-        if value is None:
-            if error is not None:
-                self.problem("key-index", None, f"the key index cannot be read: {error}", UPDATE)
-            return
+        """The key index and its order: intact whatever commit wrote them, and, when they
+        describe the last commit (readers take keys by position from them), equal to the keys
+        walked. Any commit writes them again (:data:`RECOMMIT`: a store no folder built is told
+        to commit with ``CacheWriter``, never to run ``build-cache``, which would drop its
+        records)."""
         manifest = self.out["manifest"]
-        if index_stamp(value) != manifest.get("updated"):
-            return  # an earlier commit's, which readers never use
+        value, error = self._get(DB_MANIFEST, KEYS_KEY)
+        keys = None
+        if value is None and error is not None:
+            self.problem("key-index", None, f"the key index cannot be read: {error}", RECOMMIT)
+        elif value is not None:
+            try:
+                keys = read_index(value)
+            except KeyIndexError as e:
+                self.problem("key-index", None, f"the key index is damaged: {e}", RECOMMIT)
+        order_value, error = self._get(DB_MANIFEST, ORDER_KEY)
+        stamp, order = None, None
+        if order_value is None and error is not None:
+            self.problem("key-index", None, f"the key order cannot be read: {error}", RECOMMIT)
+        elif order_value is not None:
+            try:
+                stamp, order = read_order(order_value)
+            except KeyIndexError as e:
+                self.problem("key-index", None, f"the key order is damaged: {e}", RECOMMIT)
+        if keys is None or index_stamp(value) != manifest.get("updated"):
+            return  # none, or an earlier commit's (a writer that keeps none), which readers skip
         if manifest["images"] != len(meta_keys):
             return  # a manifest-mismatch already (readers walk the keys), with the same fix
-        try:
-            keys = read_index(value)
-        except KeyIndexError as e:
-            # Any commit writes it again (RECOMMIT: a store no folder built is told to
-            # commit with CacheWriter, never to run build-cache, which would drop its records).
-            self.problem("key-index", None, f"the key index is damaged: {e}", RECOMMIT)
-            return
-        order_value, _ = self._get(DB_MANIFEST, ORDER_KEY)
-        try:
-            stamp, order = read_order(order_value) if order_value is not None else (None, None)
-        except KeyIndexError as e:
-            stamp, order = None, None
-            self.problem("key-index", None, f"the key order is damaged: {e}", UPDATE)
         if stamp == manifest.get("updated") and order != keys.order():
-            self.problem("key-index", None, "the key order disagrees with the key index", UPDATE)
+            self.problem("key-index", None, "the key order disagrees with the key index", RECOMMIT)
         differs = same_keys(keys, sorted(meta_keys))
         if differs is not None:
             self.problem(
@@ -430,7 +433,7 @@ class _RecordWalk:
                 None,
                 f"the key index disagrees with the records ({differs}): records were written "
                 "behind the manifest's back",
-                UPDATE,
+                RECOMMIT,
             )
 
 

@@ -539,6 +539,21 @@ def test_damaged_index_is_a_key_index_problem(unicode_store):
     assert kinds(validate_cache(unicode_store)) == [("key-index", None)]
 
 
+def test_index_with_a_flipped_stamp_byte_is_a_key_index_problem(unicode_store):
+    value = bytearray(plain(unicode_store)["index"])
+    value[HEAD.size + 3] ^= 0x01  # inside the stamp: the index now looks like another commit's
+    put_raw(unicode_store, b"manifest", b"keys", bytes(value))
+    assert kinds(validate_cache(unicode_store)) == [("key-index", None)]
+
+
+def test_reader_walks_past_an_index_with_a_flipped_stamp_byte(unicode_store):
+    value = bytearray(plain(unicode_store)["index"])
+    value[HEAD.size + 3] ^= 0x01
+    put_raw(unicode_store, b"manifest", b"keys", bytes(value))
+    with open_cache(unicode_store) as reader:
+        assert [reader.key_at(i) for i in range(7)] == utf8_order(UNICODE_KEYS)
+
+
 def test_update_build_writes_a_damaged_index_again(tiny_images, tiny_cache):
     damage_index(tiny_cache)
     build_cache(tiny_images, tiny_cache, workers=1)

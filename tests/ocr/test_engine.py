@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
 from ocr.distributed import DistInfo
-from ocr.engine import PhaseStats, evaluate, poly_schedule, resolve_device, train_one_epoch
+from ocr.engine import (
+    PhaseStats,
+    _timed,
+    evaluate,
+    poly_schedule,
+    resolve_device,
+    train_one_epoch,
+)
 
 
 def test_auto_device_is_cpu_without_cuda():
@@ -54,3 +63,30 @@ def test_loops_take_keywords_after_model_and_loader(loop):
     # Refused before the loop starts, so placeholders do for the arguments.
     with pytest.raises(TypeError, match="positional argument"):
         loop(torch.nn.Identity(), [], None, None, None, None, None, None)
+
+
+class _FreezeCounts(torch.utils.data.Dataset):
+    """Each item: how many objects the garbage collector leaves alone in the worker."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return gc.get_freeze_count()
+
+
+def test_fork_workers_start_with_the_inherited_objects_frozen():
+    loader = torch.utils.data.DataLoader(
+        _FreezeCounts(), batch_size=1, num_workers=1, multiprocessing_context="fork"
+    )
+    stats = PhaseStats()
+    counts = [int(batch) for batch in _timed(loader, stats)]
+    assert min(counts) > 1000  # the main process's objects: torch alone makes far more
+
+
+def test_main_process_objects_are_unfrozen_once_the_workers_started():
+    loader = torch.utils.data.DataLoader(
+        _FreezeCounts(), batch_size=1, num_workers=1, multiprocessing_context="fork"
+    )
+    for _ in _timed(loader, PhaseStats()):
+        assert gc.get_freeze_count() == 0

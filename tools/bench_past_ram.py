@@ -8,7 +8,8 @@ every tile once per epoch in a new random order, ``--epochs`` times, and reports
 images/s, the device's bytes per image and read requests (``/sys/block/<dev>/stat``), and the
 page-cache residency of ``data.mdb`` at the epoch's end (``mincore``). ``--raw-variants``
 reads the raw store more ways, each in its own fresh process (``reader``: as ``CacheReader``
-opens it; ``nordahead+willneed``: without read-around, each batch named to the kernel first).
+opens it; ``readahead``, ``nordahead``, ``nordahead+willneed``: the pixels alone, with the
+kernel's read-around, without it, and without it but each batch named to the kernel first).
 The stores are deleted at the end (``--keep`` keeps them).
 
 This is a benchmark run recorded in docs/benchmarks.md, never a test or a CI step: it writes
@@ -86,16 +87,18 @@ def _build(images: Path, out: Path, codec: str, count: int, seed: int) -> float:
 
 
 BATCH = 32
-VARIANTS = ("reader", "nordahead+willneed")
+VARIANTS = ("reader", "readahead", "nordahead", "nordahead+willneed")
 
 
 def _epochs(store: Path, epochs: int, seed: int, variant: str = "reader") -> list[dict[str, Any]]:
     """In this (fresh) process: ``epochs`` random-order passes over every record.
 
     ``reader``: ``CacheReader`` as it opens a store (the kernel's read-around on each fault).
-    ``nordahead+willneed``: the environment opened with ``MDB_NORDAHEAD``, and each batch of
-    ``BATCH`` records named to the kernel first (``posix_fadvise(WILLNEED)`` on each record's
-    byte range, ``Tree.value_range``), then read (the pixels' bytes, no metadata).
+    The others read the pixels' bytes alone (no metadata, no checks) from a plain environment:
+    ``readahead`` as LMDB opens it by default (read-around), ``nordahead`` with
+    ``MDB_NORDAHEAD``, ``nordahead+willneed`` with each batch of ``BATCH`` records named to the
+    kernel first (``posix_fadvise(WILLNEED)`` on each record's byte range,
+    ``Tree.value_range``).
     """
     data = store / "data.mdb"
     _, stat_file, _ = find_block_device(data)
@@ -110,7 +113,8 @@ def _epochs(store: Path, epochs: int, seed: int, variant: str = "reader") -> lis
 
         close = reader.close
     else:
-        env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=MAX_DBS, readahead=False)
+        ahead = variant == "readahead"
+        env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=MAX_DBS, readahead=ahead)
         pixels = env.open_db(DB_PIXELS, create=False)
         with env.begin() as txn:
             keys = [bytes(k) for k in txn.cursor(db=pixels).iternext(keys=True, values=False)]
@@ -119,7 +123,7 @@ def _epochs(store: Path, epochs: int, seed: int, variant: str = "reader") -> lis
         fd = os.open(data, os.O_RDONLY)
 
         def read(group: list[Any]) -> None:
-            for key in group:
+            for key in group if variant.endswith("willneed") else ():
                 found = tree.value_range(DB_PIXELS, key) if tree is not None else None
                 if found is not None:
                     os.posix_fadvise(fd, found[0], found[1], os.POSIX_FADV_WILLNEED)
@@ -174,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         default="reader",
         help=f"how to read the raw store, comma-separated from {', '.join(VARIANTS)} (reader)",
     )
+    parser.add_argument(
+        "--stores", default="raw,zstd", help="which stores to build and read (raw,zstd)"
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -188,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ram = _ram_bytes()
     count = int(args.ratio * ram / (TILE * TILE * 3)) + 1
     args.scratch.mkdir(parents=True, exist_ok=True)
-    stores = {"raw": args.scratch / "raw.lmdb", "zstd": args.scratch / "zstd.lmdb"}
+    stores = {
+        codec: args.scratch / f"{codec}.lmdb"
+        for codec in ("raw", "zstd")
+        if codec in args.stores.split(",")
+    }
     doc: dict[str, Any] = {
         "command": " ".join(["python", "tools/bench_past_ram.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),

@@ -47,6 +47,9 @@ class CacheDataset(Dataset):
             what it returns is the sample's image. It must be picklable for ``spawn`` and
             ``forkserver`` workers (a module-level function or a callable object).
         verify: Check each image's CRC-32 on read (see ``open_cache``).
+        readahead: False for a store larger than the page cache: the kernel does not read
+            around each fault, and each batch (``__getitems__``, what a ``DataLoader`` with a
+            batch size calls) is named to it first (``CacheReader.prefetch``).
 
     Raises:
         CacheNotFoundError, NotACacheError, FormatVersionError, StoreDamagedError: see
@@ -61,9 +64,10 @@ class CacheDataset(Dataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
         *,
         verify: bool = False,
+        readahead: bool = True,
     ) -> None:
         self.path = os.fspath(path)
-        self.reader = open_cache(self.path, verify=verify)
+        self.reader = open_cache(self.path, verify=verify, readahead=readahead)
         # No list of str: a million of them would be copied page by page into every worker as
         # their reference counts change. Every key: positions go through the store's key index
         # (one page-cache copy for all processes), checked to name the keys they named here;
@@ -98,6 +102,13 @@ class CacheDataset(Dataset):
         if self.keys is not None:
             return self.keys[index]
         return self.reader.key_at(index, self.order)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
+        """The samples of a batch; without read-around, the batch is named to the kernel
+        first."""
+        if not self.reader.readahead:
+            self.reader.prefetch([self.key(i) for i in indices])
+        return [self[i] for i in indices]
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         record = self.reader[self.key(index)]

@@ -87,13 +87,15 @@ def _build(images: Path, out: Path, codec: str, count: int, seed: int) -> float:
 
 
 BATCH = 32
-VARIANTS = ("reader", "readahead", "nordahead", "nordahead+willneed")
+VARIANTS = ("reader", "reader-nordahead", "readahead", "nordahead", "nordahead+willneed")
 
 
 def _epochs(store: Path, epochs: int, seed: int, variant: str = "reader") -> list[dict[str, Any]]:
     """In this (fresh) process: ``epochs`` random-order passes over every record.
 
-    ``reader``: ``CacheReader`` as it opens a store (the kernel's read-around on each fault).
+    ``reader``: ``CacheReader`` as it opens a store (the kernel's read-around on each fault);
+    ``reader-nordahead``: ``CacheReader(readahead=False)``, each batch given to ``prefetch``
+    first (what ``CacheDataset(readahead=False)`` does).
     The others read the pixels' bytes alone (no metadata, no checks) from a plain environment:
     ``readahead`` as LMDB opens it by default (read-around), ``nordahead`` with
     ``MDB_NORDAHEAD``, ``nordahead+willneed`` with each batch of ``BATCH`` records named to the
@@ -103,11 +105,13 @@ def _epochs(store: Path, epochs: int, seed: int, variant: str = "reader") -> lis
     data = store / "data.mdb"
     _, stat_file, _ = find_block_device(data)
     out = []
-    if variant == "reader":
-        reader = CacheReader(store)
+    if variant.startswith("reader"):
+        reader = CacheReader(store, readahead=variant == "reader")
         keys: list[Any] = list(reader.keys())
 
         def read(group: list[Any]) -> None:
+            if not reader.readahead:
+                reader.prefetch(group)
             for key in group:
                 reader[key]
 

@@ -20,7 +20,6 @@ the complete store or does not exist.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import heapq
 import os
@@ -52,6 +51,7 @@ from ..format.schema import (
 )
 from ..format.shards import SHARD_FIELD, check_shard, shard_text
 from ..format.versions import FORMAT_NAME
+from ..mapping import MADV_POPULATE_WRITE, advise, find_mapping
 from ..read.reader import CacheReader, open_cache
 from ..reporting import Progress, as_progress
 from ..write.commits import now
@@ -370,14 +370,15 @@ class _Output:
         if os.environ.get("LMDB_CACHE_MERGE_POPULATE", "1") == "0":
             return
         if self.base is None:
-            self.base = _map_base(os.path.join(self.path, "data.mdb")) or 0
+            found = find_mapping(os.path.join(self.path, "data.mdb"), writable=True)
+            self.base = found[0] if found is not None else 0
         if not self.base:
             return
         info = self.env.info()
         psize = self.env.stat()["psize"]
         start = max((info["last_pgno"] + 1) * psize, self.populated)
         end = min((info["last_pgno"] + 1) * psize + 2 * nbytes, info["map_size"])
-        if end > start and _populate(self.base + start, end - start):
+        if end > start and advise(self.base + start, end - start, MADV_POPULATE_WRITE):
             self.populated = end
         elif end > start:
             self.base = 0  # the kernel cannot: fault page by page
@@ -429,29 +430,3 @@ def _write(
         raise
     store.close()
     return images, failed, total
-
-
-_MADV_POPULATE_WRITE = 23  # Linux 5.14
-
-
-def _map_base(data: str) -> int | None:
-    """The address of this process's writable mapping of ``data`` (py-lmdb gives none)."""
-    real = os.path.realpath(data)
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].strip() == real and "w" in fields[1]:
-                    return int(fields[0].split("-")[0], 16)
-    except OSError:
-        return None
-    return None
-
-
-def _populate(address: int, length: int) -> bool:
-    """``madvise(MADV_POPULATE_WRITE)`` over a page-aligned range; False where unsupported."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    start = address - address % page
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return libc.madvise(start, length + address - start, _MADV_POPULATE_WRITE) == 0

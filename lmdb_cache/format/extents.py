@@ -113,6 +113,18 @@ class Tree:
             pgno = children[bisect_right(keys, key, 1) - 1 if ordered else _child(keys, key)]
         raise ExtentError(f"database {name!r} is deeper than {_MAX_DEPTH} pages (a page loop)")
 
+    def will_need(self, db: bytes, key: bytes) -> None:
+        """Tell the kernel the value under ``key`` in ``db`` is about to be read
+        (``posix_fadvise(WILLNEED)`` on its range, see :meth:`value_range`), so its pages are
+        read together, before the first fault; nothing for a value inside its leaf page.
+
+        Raises:
+            ExtentError: see :meth:`value_range`.
+        """
+        found = self.value_range(db, key)
+        if found is not None:
+            os.posix_fadvise(self._fd, found[0], found[1], os.POSIX_FADV_WILLNEED)
+
     def value_range(self, db: bytes, key: bytes) -> tuple[int, int] | None:
         """``(offset, length)`` in ``data.mdb`` of the value under ``key`` in ``db`` when it
         lies on overflow pages (a pixel record), found with ``pread`` alone: the range a

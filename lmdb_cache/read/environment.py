@@ -37,6 +37,7 @@ from ..format.extents import Extents
 from ..format.keyindex import KeyList
 from ..format.lmdbfile import check_data_file, meta_state, structure_problems
 from ..format.schema import MAX_DBS, MAX_READERS
+from ..mapping import MADV_NORMAL, MADV_RANDOM, advise, find_mapping
 
 # Address space reserved for each read mapping: 1 TiB on 64-bit systems. It costs no memory
 # (the kernel maps pages of the file on access) and covers any store this cache is meant for.
@@ -111,6 +112,17 @@ class SharedEnv:
         self.index_checked: tuple[str, int] | None = None
         # The key list walked for the state of a commit without a current index: (txn id, keys).
         self.walked: tuple[int, KeyList] | None = None
+        self.readahead = True  # the kernel's read-around on each fault of the mapping
+
+    def set_readahead(self, on: bool) -> None:
+        """Turn the kernel's read-around on faults of this mapping on or off (``MADV_NORMAL``
+        or ``MADV_RANDOM``, which LMDB's ``MDB_NORDAHEAD`` asks); it holds for every reader of
+        the store in this process. Where the mapping cannot be found, nothing changes."""
+        if on == self.readahead:
+            return
+        found = find_mapping(os.path.join(self.path, "data.mdb"))
+        if found is not None and advise(*found, MADV_NORMAL if on else MADV_RANDOM):
+            self.readahead = on
 
     def begin_read(self) -> lmdb.Transaction:
         """A read transaction (a snapshot) with buffers, from this process's environment.

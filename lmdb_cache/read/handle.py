@@ -37,6 +37,8 @@ class StoreHandle:
         verify: Check the store's LMDB structure when a process opens it.
         snapshot_seconds: Renew the snapshot on the next read once it is this old and no view
             from it is alive; None keeps it until :meth:`refresh`.
+        readahead: The kernel's read-around on faults of the mapping (see
+            ``SharedEnv.set_readahead``).
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class StoreHandle:
         lock: bool | None,
         verify: bool,
         snapshot_seconds: float | None,
+        readahead: bool = True,
     ) -> None:
         if snapshot_seconds is not None and snapshot_seconds < 0:
             raise ValueError(f"snapshot_seconds must be >= 0 or None, got {snapshot_seconds}")
@@ -52,6 +55,7 @@ class StoreHandle:
         self.lock = lock
         self.verify = verify
         self.snapshot_seconds = snapshot_seconds
+        self.readahead = readahead
         self._pid: int | None = None
         self._shared: environment.SharedEnv | None = None
         self._snap: Snapshot | None = None
@@ -64,6 +68,7 @@ class StoreHandle:
             "_lock": self.lock,
             "verify": self.verify,
             "snapshot_seconds": self.snapshot_seconds,
+            "readahead": self.readahead,
         }
 
     @property
@@ -122,6 +127,7 @@ class StoreHandle:
                 if shared is not None:
                     environment.release(shared)
                 shared = self._shared = environment.acquire(self.path, self.lock)
+                shared.set_readahead(self.readahead)
                 if self.verify:
                     verify_structure(self.path, shared)
             else:

@@ -43,6 +43,7 @@ class CacheReader(StorageOrder):
         lock: bool | None = None,
         verify: bool = False,
         snapshot_seconds: float | None = DEFAULT_SNAPSHOT_SECONDS,
+        readahead: bool = True,
     ) -> None:
         """Open a store and check its format.
 
@@ -56,6 +57,11 @@ class CacheReader(StorageOrder):
             snapshot_seconds: Renew the snapshot on the next read once it is this old and no
                 view from it is alive, so a long-lived reader does not pin old pages while
                 the store is updated. None keeps it until :meth:`refresh`.
+            readahead: Let the kernel read around each page fault (its default). False suits a
+                store larger than the page cache read in random order: give each batch to
+                :meth:`prefetch` first (``CacheDataset`` does), and the device reads each
+                record once instead of its neighbours too (docs/sizing.md). It holds for every
+                reader of the store in this process.
 
         Raises:
             CacheNotFoundError: nothing at ``path``.
@@ -66,7 +72,7 @@ class CacheReader(StorageOrder):
         """
         self.path = os.fspath(path)
         self.verify = verify
-        self._handle = StoreHandle(self.path, lock, verify, snapshot_seconds)
+        self._handle = StoreHandle(self.path, lock, verify, snapshot_seconds, readahead)
         self.snapshot_seconds = snapshot_seconds
         self._handle.snapshot()
 
@@ -76,7 +82,11 @@ class CacheReader(StorageOrder):
     def __setstate__(self, state: dict[str, Any]) -> None:
         seconds = state.get("snapshot_seconds", DEFAULT_SNAPSHOT_SECONDS)
         self.__init__(  # type: ignore[misc]
-            state["path"], lock=state["_lock"], verify=state["verify"], snapshot_seconds=seconds
+            state["path"],
+            lock=state["_lock"],
+            verify=state["verify"],
+            snapshot_seconds=seconds,
+            readahead=state.get("readahead", True),
         )
 
     @property
@@ -264,6 +274,19 @@ class CacheReader(StorageOrder):
             raise ValueError(f"out has shape {out.shape}, image {key!r} is {shape}")
         return dict(snap.read(key, self.verify, out=out)[1])
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Name the records of ``keys`` (a batch about to be read) to the kernel, so that the
+        pages of those not in memory are read together, once each, before the first read
+        faults on them (``posix_fadvise(WILLNEED)`` on each record's range). Worth it with
+        ``readahead=False`` on a store larger than the page cache; keys that are absent or
+        damaged are left to their reads, which report them."""
+        self._handle.snapshot().will_need(list(keys))
+
+    @property
+    def readahead(self) -> bool:
+        """Whether the kernel reads around each page fault (see ``readahead`` of the reader)."""
+        return self._handle.readahead
+
     def get(self, key: str, default: Any = None) -> Record | Any:
         """``reader[key]``, or ``default`` when the key is absent."""
         try:
@@ -291,9 +314,12 @@ def open_cache(
     lock: bool | None = None,
     verify: bool = False,
     snapshot_seconds: float | None = DEFAULT_SNAPSHOT_SECONDS,
+    readahead: bool = True,
 ) -> CacheReader:
     """Open a cache store for reading. See :class:`CacheReader` for the arguments."""
-    return CacheReader(path, lock=lock, verify=verify, snapshot_seconds=snapshot_seconds)
+    return CacheReader(
+        path, lock=lock, verify=verify, snapshot_seconds=snapshot_seconds, readahead=readahead
+    )
 
 
 def _check_out(out: Any) -> None:

@@ -194,6 +194,15 @@ class Snapshot:
             image.flags.writeable = False
         return image, meta
 
+    def will_need(self, keys: list[str]) -> None:
+        """Name the pixels of ``keys`` to the kernel before they are read (absent or damaged
+        keys are left to their read, which reports them)."""
+        for key in keys:
+            try:
+                self.tree.will_need(DB_PIXELS, encode_key(key))
+            except (ValueError, ExtentError, OSError):
+                continue
+
     def count(self) -> int:
         """How many records the snapshot holds (LMDB's count; no key is read)."""
         return int(self.txn.stat(self.dbs[DB_META])["entries"])

@@ -132,6 +132,7 @@ _DATASET = Section(
         "preload_images": Bool(default=False),
         "cache_fallback": Choice(("error", "disk"), default="error"),
         "cache_stale": Choice(("error", "warn"), default="error"),
+        "cache_readahead": Bool(default=True),
         "max_side": Number(integer=True, minimum=1, null="no cap", default=None),
         "resample": Choice(tuple(sorted(RESAMPLE_FILTERS)), default="bilinear"),
         "transform": _Transform(),

@@ -109,6 +109,11 @@ class ImageSource(Protocol):
         """
         ...
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Told the keys of a batch before they are loaded; a source that gains nothing from
+        it does nothing."""
+        ...
+
     def close(self) -> None:
         """Let go of what the source holds open (a cache's LMDB environment) once a dataset
         refuses it: LMDB will not open a store twice in one process, and the next step is
@@ -136,6 +141,9 @@ class DiskSource:
     def close(self) -> None:
         """Nothing is held open."""
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Nothing to gain."""
+
 
 class PreloadSource:
     """Decodes every image once, in this process, and keeps them in a dict."""
@@ -154,6 +162,9 @@ class PreloadSource:
     def close(self) -> None:
         """Nothing is held open."""
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Nothing to gain."""
+
 
 class CacheSource:
     """Reads decoded pixels from an LMDB cache of ``image_path``, opened lazily in each worker
@@ -168,6 +179,8 @@ class CacheSource:
         image_path: The folder the cache stands for: freshness is checked against it.
         stale: ``"error"`` or ``"warn"``: what ``check`` does when annotated sources changed
             since the cache was built (``cache_stale``).
+        readahead: False for a cache larger than the page cache: no read-around on faults,
+            and each batch named to the kernel first (``cache_readahead``, docs/sizing.md).
 
     Raises:
         CacheSettingsError: the cache cannot reproduce the configured pixels.
@@ -184,9 +197,10 @@ class CacheSource:
         *,
         image_path: str | os.PathLike[str],
         stale: str = "error",
+        readahead: bool = True,
     ) -> None:
         self.path = os.fspath(path)
-        self.reader = open_cache(self.path)
+        self.reader = open_cache(self.path, readahead=readahead)
         self.max_side = max_side
         self.resample = resample
         self.fallback = fallback
@@ -232,6 +246,10 @@ class CacheSource:
 
     def close(self) -> None:
         self.reader.close()
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        if not self.reader.readahead:
+            self.reader.prefetch(list(keys))
 
     def check_keys(self, keys: Sequence[str]) -> list[str]:
         return [key for key in keys if key not in self.reader]
@@ -294,6 +312,9 @@ class OCRDataset(Dataset):
         cache_stale: ``"error"`` (default) or ``"warn"``: what to do when annotated source
             images in ``image_path`` differ (size or mtime) from the ones that were cached.
             ``"warn"`` logs one warning and serves the cached (old) pixels.
+        cache_readahead: False for a cache larger than the machine's page cache: no read-around
+            on page faults, and each batch named to the kernel before it is read (5x fewer
+            device bytes past RAM, docs/sizing.md).
         max_side: Longest-side cap applied to every source before the transform.
         resample: Filter of that cap.
         targets: ``DBNetTargets`` (or a callable with its signature), or None for samples
@@ -332,6 +353,7 @@ class OCRDataset(Dataset):
         targets: Any = None,
         seed: int = 0,
         cache_stale: str = "error",
+        cache_readahead: bool = True,
     ) -> None:
         if cache_fallback not in ("error", "disk"):
             raise ValueError(f"cache_fallback must be 'error' or 'disk', got {cache_fallback!r}")
@@ -355,7 +377,13 @@ class OCRDataset(Dataset):
         if image_cache is not None:
             fallback = disk if cache_fallback == "disk" else None
             self.source = CacheSource(
-                image_cache, max_side, resample, fallback, image_path=image_path, stale=cache_stale
+                image_cache,
+                max_side,
+                resample,
+                fallback,
+                image_path=image_path,
+                stale=cache_stale,
+                readahead=cache_readahead,
             )
         elif preload_images:
             self.source = PreloadSource(disk, self.keys)
@@ -393,6 +421,7 @@ class OCRDataset(Dataset):
         if not isinstance(size, int) or not indices:
             return [self[i] for i in indices]
         n = len(indices)
+        self.source.prefetch([self.keys[i] for i in indices])
         image = empty_batch((n, size, size, 3), torch.uint8)
         maps = None
         if self.targets is not None:

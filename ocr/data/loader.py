@@ -100,6 +100,7 @@ def build_dataset(
         preload_images=bool(cfg["preload_images"]),
         cache_fallback=cfg["cache_fallback"],
         cache_stale=cfg["cache_stale"],
+        cache_readahead=bool(cfg["cache_readahead"]),
         max_side=cfg["max_side"],
         resample=cfg["resample"],
         targets=DBNetTargets(**targets_cfg) if targets_cfg is not None else None,

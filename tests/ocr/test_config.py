@@ -248,6 +248,7 @@ def test_a_dataset_left_with_its_paths_only_gets_every_other_key():
             "preload_images": False,
             "cache_fallback": "error",
             "cache_stale": "error",
+            "cache_readahead": True,
             "max_side": None,
             "resample": "bilinear",
             "transform": {"name": "val", "size": 640},

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from lmdb_cache import MissingImageError, build_cache
+from lmdb_cache import CacheReader, MissingImageError, build_cache
 from ocr.config import apply_overrides, load_config
 from ocr.data.dataset import CacheSettingsError
 from ocr.data.loader import build_dataset, build_loader
@@ -51,6 +51,28 @@ def test_source_gives_the_disk_batches(samples, source):
         "cache-zstd": {"image_cache": str(root / "zstd.lmdb")},
     }
     _assert_same(disk, _batches(config, **other[source]))
+
+
+def test_cache_without_readahead_gives_the_disk_batches_in_workers(samples):
+    root, config = samples
+    cached = _batches(config, workers=2, image_cache=str(root / "full.lmdb"), cache_readahead=False)
+    _assert_same(_batches(config), cached)
+
+
+def test_cache_without_readahead_names_each_batch_before_reading_it(samples, monkeypatch):
+    root, config = samples
+    asked: list[list[str]] = []
+    monkeypatch.setattr(CacheReader, "prefetch", lambda self, keys: asked.append(list(keys)))
+    batches = _batches(config, image_cache=str(root / "full.lmdb"), cache_readahead=False)
+    assert asked == [list(batch.filename) for batch in batches]
+
+
+def test_cache_with_readahead_names_nothing(samples, monkeypatch):
+    root, config = samples
+    asked: list[list[str]] = []
+    monkeypatch.setattr(CacheReader, "prefetch", lambda self, keys: asked.append(list(keys)))
+    _batches(config, image_cache=str(root / "full.lmdb"))
+    assert asked == []
 
 
 def test_capped_cache_gives_the_disk_batches_at_the_same_max_side(samples):

@@ -17,6 +17,7 @@ pixels between every worker and rank.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +36,29 @@ except ImportError as e:  # a light install: lmdb_cache alone does not need torc
 from .errors import MissingImageError
 from .format.keyindex import KeyList, KeyOrder
 from .read.reader import open_cache
+
+# A DataLoader worker forked from this process shares its pages until it writes to them, and
+# its garbage collector writes to the header of every object it inherited: over an epoch each
+# worker copied ~35 MB that way (docs/sizing.md). So every fork happens with this process's
+# objects frozen (``gc.freeze``): the children never collect them, and the parent unfreezes
+# them at once. Objects someone froze already are left as they are.
+_FROZE_FOR_FORK = False
+
+
+def _freeze_before_fork() -> None:
+    global _FROZE_FOR_FORK
+    _FROZE_FOR_FORK = gc.get_freeze_count() == 0
+    if _FROZE_FOR_FORK:
+        gc.freeze()
+
+
+def _unfreeze_in_parent() -> None:
+    if _FROZE_FOR_FORK:
+        gc.unfreeze()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent)
 
 
 class CacheDataset(Dataset):

@@ -51,7 +51,7 @@ from ..format.schema import (
 )
 from ..format.shards import SHARD_FIELD, check_shard, shard_text
 from ..format.versions import FORMAT_NAME
-from ..mapping import MADV_POPULATE_WRITE, advise, find_mapping
+from ..read.mapping import MADV_POPULATE_WRITE, advise, find_mapping
 from ..read.reader import CacheReader, open_cache
 from ..reporting import Progress, as_progress
 from ..write.commits import now

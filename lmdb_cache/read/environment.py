@@ -37,7 +37,7 @@ from ..format.extents import Extents
 from ..format.keyindex import KeyList
 from ..format.lmdbfile import check_data_file, meta_state, structure_problems
 from ..format.schema import MAX_DBS, MAX_READERS
-from ..mapping import MADV_NORMAL, MADV_RANDOM, advise, find_mapping
+from .mapping import MADV_NORMAL, MADV_RANDOM, advise, find_mapping
 
 # Address space reserved for each read mapping: 1 TiB on 64-bit systems. It costs no memory
 # (the kernel maps pages of the file on access) and covers any store this cache is meant for.

@@ -1,4 +1,4 @@
-"""Keys in storage order: the positional and streaming half of ``CacheReader``.
+"""Keys in storage order: the positional, streaming and batch half of ``CacheReader``.
 
 Storage order is LMDB's: keys sorted by their UTF-8 bytes. ``reader[int]`` stays a
 ``TypeError`` (keyed and positional access are distinct); positions go through
@@ -113,6 +113,19 @@ class StorageOrder:
             if len(found) < chunk:
                 return
             last = found[-1]
+
+    def prefetch(self, keys: list[str]) -> None:
+        """Name the records of ``keys`` (a batch about to be read) to the kernel, so that the
+        pages of those not in memory are read together, once each, before the first read
+        faults on them (``posix_fadvise(WILLNEED)`` on each record's range). Worth it with
+        ``readahead=False`` on a store larger than the page cache; keys that are absent or
+        damaged are left to their reads, which report them."""
+        self._handle.snapshot().will_need(list(keys))
+
+    @property
+    def readahead(self) -> bool:
+        """Whether the kernel reads around each page fault (see ``readahead`` of the reader)."""
+        return self._handle.readahead
 
     def items(self) -> Iterator[tuple[str, Record]]:
         """``(key, reader[key])`` for every record in storage order, streamed (see

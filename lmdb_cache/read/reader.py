@@ -15,15 +15,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingImageError, key_type_error
-from ..format.settings import check_reproduces
+from .facts import StoreFacts
 from .handle import DEFAULT_SNAPSHOT_SECONDS, StoreHandle
-from .identity import snapshot_identity
 from .order import StorageOrder
 from .raw import RawAccess
 from .records import Record
 
 
-class CacheReader(StorageOrder):
+class CacheReader(StoreFacts, StorageOrder):
     """A read-only, per-process, memory-mapped view of a cache store.
 
     ``reader[key]`` returns a :class:`Record` whose image is an owned, writable copy (one
@@ -129,56 +128,6 @@ class CacheReader(StorageOrder):
 
     # --- the mapping interface -------------------------------------------------------------
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """The store's manifest as of this reader's snapshot: ``format``, ``format_version``,
-        ``settings``, ``images``, ``failed``, ``total_bytes``, ``complete``, ``source_root``,
-        ``created``, ``updated``, ``writer`` (``docs/format.md``). A copy: changing it changes
-        nothing."""
-        return dict(self._handle.snapshot().manifest)
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The same as :attr:`info` (kept for code written against version 0.1)."""
-        return self.info
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The settings the pixels were made with: ``max_side``, ``resample``, Pillow version,
-        ``codec`` and ``level``."""
-        return dict(self._handle.snapshot().manifest["settings"])
-
-    @property
-    def source_root(self) -> str | None:
-        """The folder the store was last built from (absolute), or None for a store written
-        only from arrays."""
-        return self._handle.snapshot().manifest.get("source_root") or None
-
-    @property
-    def identity(self) -> str:
-        """The store's identity (32 hex digits) as of this snapshot, the same for equal settings
-        and records whatever the build time, paths or order. O(1) from the manifest; O(n) once
-        per snapshot for a store written before it kept a records digest (docs/format.md).
-
-        Raises:
-            CorruptRecordError, StoreDamagedError: that walk met a damaged record.
-        """
-        return snapshot_identity(self._handle.snapshot())
-
-    def check_settings(self, max_side: int | None = None, resample: str = "bilinear") -> None:
-        """Raise unless this store's pixels, capped by ``max_side`` with ``resample``, are
-        exactly what decoding the sources with those settings gives.
-
-        A full-size store reproduces any cap (apply ``lmdb_cache.images.cap_pixels`` with the
-        same settings after reading); a capped store only its own cap and filter.
-
-        Raises:
-            SettingsMismatchError: naming both settings and the ``build-cache`` that fixes it.
-        """
-        check_reproduces(
-            self._handle.snapshot().manifest["settings"], max_side, resample, self.path
-        )
-
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._handle.snapshot().contains(key)
 
@@ -273,19 +222,6 @@ class CacheReader(StorageOrder):
         if out.shape != shape:
             raise ValueError(f"out has shape {out.shape}, image {key!r} is {shape}")
         return dict(snap.read(key, self.verify, out=out)[1])
-
-    def prefetch(self, keys: list[str]) -> None:
-        """Name the records of ``keys`` (a batch about to be read) to the kernel, so that the
-        pages of those not in memory are read together, once each, before the first read
-        faults on them (``posix_fadvise(WILLNEED)`` on each record's range). Worth it with
-        ``readahead=False`` on a store larger than the page cache; keys that are absent or
-        damaged are left to their reads, which report them."""
-        self._handle.snapshot().will_need(list(keys))
-
-    @property
-    def readahead(self) -> bool:
-        """Whether the kernel reads around each page fault (see ``readahead`` of the reader)."""
-        return self._handle.readahead
 
     def get(self, key: str, default: Any = None) -> Record | Any:
         """``reader[key]``, or ``default`` when the key is absent."""

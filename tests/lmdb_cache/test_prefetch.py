@@ -1,8 +1,10 @@
 """Reading a store past the page cache: ``readahead=False`` (no read-around on faults) and
-``prefetch`` (each batch named to the kernel first), and ``CacheDataset`` doing both."""
+``prefetch`` (each batch named to the kernel first), and ``CacheDataset`` doing both; fork
+workers start with the inherited objects frozen for their garbage collector."""
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from pathlib import Path
@@ -118,3 +120,31 @@ def test_dataset_without_readahead_gives_the_same_batches_in_fork_workers(store)
     )
     batches = torch.cat([batch for batch, _, _ in loader])
     assert torch.equal(batches, torch.from_numpy(np.stack(list(images.values()))))
+
+
+class _FreezeCounts(torch.utils.data.Dataset):
+    """Each item: how many objects the worker's garbage collector leaves alone."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return gc.get_freeze_count()
+
+
+def _counts_loader() -> DataLoader:
+    return DataLoader(_FreezeCounts(), batch_size=1, num_workers=1, multiprocessing_context="fork")
+
+
+def test_fork_workers_start_with_the_inherited_objects_frozen():
+    assert min(int(batch) for batch in _counts_loader()) > 1000  # torch alone makes far more
+    assert gc.get_freeze_count() == 0  # the parent's are collected as before
+
+
+def test_objects_frozen_before_the_fork_stay_frozen_in_the_parent():
+    gc.freeze()
+    try:
+        list(_counts_loader())
+        assert gc.get_freeze_count() > 0  # not unfrozen by the fork's hook
+    finally:
+        gc.unfreeze()

@@ -1,4 +1,4 @@
-"""Command line: ``ocr-train`` and ``ocr-eval``.
+"""Command line: ``ocr-train``, ``ocr-eval`` and ``ocr-convert``.
 
 The only module of ``ocr`` that prints or exits. Exit status: 0 success, 1 failure (bad data,
 a damaged checkpoint or cache, a loss that diverged), 2 usage error (bad option, config or
@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from lmdb_cache import CacheError
+from lmdb_cache.annotations import DONT_CARE
 
 from .agreement import DataMismatchError, PeerFailedError
 from .checkpoint import (
@@ -25,6 +26,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, Override, load_config, parse_override, resolve_config
 from .data.annotations import AnnotationError
+from .data.formats import ImageCheck, check_images, convert, formats, write_document
 from .distributed import dist_info_from_env
 from .pipeline import evaluate_checkpoint, metrics_text, train
 from .predictions import predictions_to_annotations
@@ -273,12 +275,77 @@ def eval_command(
     )
 
 
+def _convert_epilog() -> str:
+    lines = ["\b", "Formats:"]
+    for fmt in formats().values():
+        lines += [f"  {fmt.name}: {fmt.summary}", f"    {fmt.example}"]
+    return "\n".join(lines)
+
+
+@click.command("ocr-convert", context_settings=_CTX, epilog=_convert_epilog())
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(list(formats())))
+@click.argument("src", type=click.Path(exists=True))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Annotation JSON to write (atomically: beside it, then renamed).",
+)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Image folder: real file names and keys relative to it; reports images listed but "
+    "missing, and images no annotation lists.",
+)
+def convert_command(fmt: str, src: str, output: str, images: str | None) -> None:
+    """Convert annotations in FORMAT (a file or folder SRC) into this project's JSON.
+
+    Points are copied in the raw file frame; a don't-care word gets the text '###'; word ids
+    are 0000, 0001, ... per image in source order. Exit status: 0 written, 1 bad input (the
+    message names the file and line or entry), 2 usage error.
+    """
+
+    def action() -> dict[str, Any]:
+        doc = convert(fmt, src, images=images)
+        if images is not None:
+            _report_images(check_images(doc, images), images)
+        write_document(doc, output)
+        return doc
+
+    doc = _run(action)
+    entries = doc["images"].values()
+    words = sum(len(e["words"]) for e in entries)
+    ignored = sum(1 for e in entries for w in e["words"].values() if w.get("text") == DONT_CARE)
+    click.echo(
+        f"wrote {len(doc['images'])} images, {words} words ({ignored} don't care) to {output}"
+    )
+
+
+def _report_images(check: ImageCheck, images: str) -> None:
+    for key in check.missing:
+        click.echo(f"warning: '{key}' is annotated but not in '{images}'", err=True)
+    for key in check.unlisted:
+        click.echo(f"warning: '{key}' in '{images}' has no annotation", err=True)
+    if check.missing or check.unlisted:
+        click.echo(
+            f"warning: {len(check.missing)} annotated images missing from '{images}', "
+            f"{len(check.unlisted)} images there without annotation",
+            err=True,
+        )
+
+
 def train_main() -> None:
     train_command(prog_name="ocr-train")
 
 
 def eval_main() -> None:
     eval_command(prog_name="ocr-eval")
+
+
+def convert_main() -> None:
+    convert_command(prog_name="ocr-convert")
 
 
 @click.group(context_settings=_CTX)
@@ -291,6 +358,7 @@ def cli() -> None:
 
 cli.add_command(train_command, "train")
 cli.add_command(eval_command, "eval")
+cli.add_command(convert_command, "convert")
 
 
 if __name__ == "__main__":

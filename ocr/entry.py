@@ -1,4 +1,4 @@
-"""The ``ocr-train`` and ``ocr-eval`` commands, checking first that the ``[ocr]`` extra is there.
+"""The ``ocr-train``, ``ocr-eval`` and ``ocr-convert`` commands, checking the ``[ocr]`` extra first.
 
 A light install (``pip install lmdb-image-cache``) has the commands but not PyTorch or OpenCV;
 they then say what to install instead of failing with an ImportError traceback.
@@ -50,5 +50,12 @@ def train_main() -> None:
 def eval_main() -> None:
     _check()
     from .cli import eval_main as main
+
+    main()
+
+
+def convert_main() -> None:
+    _check()
+    from .cli import convert_main as main
 
     main()

@@ -1,4 +1,4 @@
-"""Annotation files: the JSON format the pipeline reads, and a converter from ICDAR/SROIE text.
+"""Annotation files: the JSON format the pipeline reads (converters: ``ocr.data.formats``).
 
 The format::
 
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmdb_cache.annotations import AnnotationError, load_images, parse_words
+
+from .formats import convert
+from .formats.box_lines import read_box_lines
 
 __all__ = ["AnnotationError", "ImageAnnotation", "load_annotations", "parse_icdar_lines"]
 
@@ -39,10 +41,6 @@ class ImageAnnotation:
     polygons: list[np.ndarray] = field(default_factory=list)
     word_ids: list[str] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)
-
-
-def _fail(path: str, where: str, what: str) -> AnnotationError:
-    return AnnotationError(f"annotation file '{path}', {where}: {what}")
 
 
 def load_annotations(path: str | os.PathLike[str]) -> dict[str, ImageAnnotation]:
@@ -71,33 +69,13 @@ def load_annotations(path: str | os.PathLike[str]) -> dict[str, ImageAnnotation]
 def parse_icdar_lines(path: str | os.PathLike[str]) -> list[tuple[np.ndarray, str]]:
     """Read an ICDAR/SROIE per-image text file: ``x1,y1,...,x4,y4,transcription`` a line.
 
-    Handles CRLF line ends, a UTF-8 byte-order mark, blank lines and commas inside the text.
+    Handles CRLF line ends, a UTF-8 byte-order mark, blank lines and commas inside the text
+    (``ocr.data.formats.box_lines.read_box_lines``).
 
     Raises:
-        AnnotationError: a line does not start with 8 integers; the message names file and line.
+        AnnotationError: a line does not start with 8 numbers; the message names file and line.
     """
-    name = os.fspath(path)
-    raw = Path(name).read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split(",", 8)
-        if len(parts) < 8:
-            raise _fail(name, f"line {number}", f"expected x1,y1,...,x4,y4,text, got {line!r:.80}")
-        try:
-            coords = [float(p) for p in parts[:8]]
-        except ValueError:
-            raise _fail(
-                name, f"line {number}", f"the first 8 fields must be numbers: {line!r:.80}"
-            ) from None
-        transcription = parts[8] if len(parts) > 8 else ""
-        out.append((np.array(coords, dtype=np.float64).reshape(4, 2), transcription))
-    return out
+    return read_box_lines(path)
 
 
 def convert_icdar_folder(
@@ -106,20 +84,7 @@ def convert_icdar_folder(
     """Convert a folder of per-image text files into the JSON annotation format.
 
     Each ``NAME.csv`` / ``NAME.txt`` describes the image ``NAME.<ext>`` found in ``image_dir``
-    (default: ``.jpg``). Returns the JSON document (a dict).
+    (default: ``.jpg``). Returns the JSON document (a dict); the ``sroie`` format of
+    ``ocr.data.formats`` (``ocr-convert sroie``).
     """
-    box_dir = Path(box_dir)
-    images: dict[str, Any] = {}
-    files = sorted(p for p in box_dir.iterdir() if p.suffix.lower() in (".csv", ".txt"))
-    if not files:
-        raise AnnotationError(f"no .csv or .txt annotation files in '{box_dir}'")
-    available = {}
-    if image_dir is not None:
-        available = {p.stem: p.name for p in sorted(Path(image_dir).iterdir()) if p.is_file()}
-    for file in files:
-        filename = available.get(file.stem, file.stem + ".jpg")
-        words = {}
-        for i, (points, transcription) in enumerate(parse_icdar_lines(file)):
-            words[f"{i:04d}"] = {"points": points.tolist(), "text": transcription}
-        images[filename] = {"words": words}
-    return {"images": images}
+    return convert("sroie", box_dir, images=image_dir)

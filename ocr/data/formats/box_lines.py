@@ -1,13 +1,16 @@
-"""The text line shared by ICDAR 2015 and SROIE: ``x1,y1,x2,y2,x3,y3,x4,y4,transcription``."""
+"""The text line shared by ICDAR 2015 and SROIE: ``x1,y1,x2,y2,x3,y3,x4,y4,transcription``,
+and their folder of one such file per image."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .base import ConvertError
+from .base import ConvertError, image_names, make_word, word_id
 
 
 def read_box_lines(
@@ -51,3 +54,21 @@ def read_box_lines(
         transcription = parts[8] if len(parts) > 8 else ""
         out.append((np.array(coords, dtype=np.float64).reshape(4, 2), transcription))
     return out
+
+
+def read_box_folder(
+    files: list[Path], images: Path | None, stem_of: Callable[[Path], str], require_text: bool
+) -> dict[str, Any]:
+    """The document of per-image box files: each file's words (ids in line order) under the
+    key of the image of stem ``stem_of(file)``: the file of that stem in ``images`` when there
+    is one, else ``STEM.jpg``."""
+    names = image_names(images)
+    out: dict[str, Any] = {}
+    for file in files:
+        stem = stem_of(file)
+        words = {
+            word_id(i): make_word(points.tolist(), text)
+            for i, (points, text) in enumerate(read_box_lines(file, require_text=require_text))
+        }
+        out[names.get(stem, stem + ".jpg")] = {"words": words}
+    return {"images": out}

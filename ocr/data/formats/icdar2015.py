@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import ConvertError, Format, image_names, make_word, word_id
-from .box_lines import read_box_lines
+from .base import ConvertError, Format
+from .box_lines import read_box_folder
 
 
 def read(src: Path, images: Path | None) -> dict[str, Any]:
@@ -22,16 +22,7 @@ def read(src: Path, images: Path | None) -> dict[str, Any]:
     files = sorted(p for p in src.iterdir() if p.name.startswith("gt_") and p.suffix == ".txt")
     if not files:
         raise ConvertError(src, "folder", "no gt_img_N.txt files; pass the ground-truth folder")
-    names = image_names(images)
-    out: dict[str, Any] = {}
-    for file in files:
-        stem = file.stem[len("gt_") :]
-        words = {
-            word_id(i): make_word(points.tolist(), text)
-            for i, (points, text) in enumerate(read_box_lines(file, require_text=True))
-        }
-        out[names.get(stem, stem + ".jpg")] = {"words": words}
-    return {"images": out}
+    return read_box_folder(files, images, lambda file: file.stem[len("gt_") :], require_text=True)
 
 
 FORMAT = Format(

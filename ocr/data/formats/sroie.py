@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import ConvertError, Format, image_names, make_word, word_id
-from .box_lines import read_box_lines
+from .base import ConvertError, Format
+from .box_lines import read_box_folder
 
 
 def read(src: Path, images: Path | None) -> dict[str, Any]:
@@ -22,15 +22,7 @@ def read(src: Path, images: Path | None) -> dict[str, Any]:
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".csv", ".txt"))
     if not files:
         raise ConvertError(src, "folder", "no .csv or .txt annotation files")
-    names = image_names(images)
-    out: dict[str, Any] = {}
-    for file in files:
-        words = {
-            word_id(i): make_word(points.tolist(), text)
-            for i, (points, text) in enumerate(read_box_lines(file))
-        }
-        out[names.get(file.stem, file.stem + ".jpg")] = {"words": words}
-    return {"images": out}
+    return read_box_folder(files, images, lambda file: file.stem, require_text=False)
 
 
 FORMAT = Format(

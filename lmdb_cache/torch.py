@@ -17,7 +17,6 @@ pixels between every worker and rank.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,29 +35,6 @@ except ImportError as e:  # a light install: lmdb_cache alone does not need torc
 from .errors import MissingImageError
 from .format.keyindex import KeyList, KeyOrder
 from .read.reader import open_cache
-
-# A DataLoader worker forked from this process shares its pages until it writes to them, and
-# its garbage collector writes to the header of every object it inherited: over an epoch each
-# worker copied ~35 MB that way (docs/sizing.md). So every fork happens with this process's
-# objects frozen (``gc.freeze``): the children never collect them, and the parent unfreezes
-# them at once. Objects someone froze already are left as they are.
-_FROZE_FOR_FORK = False
-
-
-def _freeze_before_fork() -> None:
-    global _FROZE_FOR_FORK
-    _FROZE_FOR_FORK = gc.get_freeze_count() == 0
-    if _FROZE_FOR_FORK:
-        gc.freeze()
-
-
-def _unfreeze_in_parent() -> None:
-    if _FROZE_FOR_FORK:
-        gc.unfreeze()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent)
 
 
 class CacheDataset(Dataset):
@@ -130,12 +106,16 @@ class CacheDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
         """The samples of a batch; without read-around, the batch is named to the kernel
         first."""
+        keys = [self.key(i) for i in indices]
         if not self.reader.readahead:
-            self.reader.prefetch([self.key(i) for i in indices])
-        return [self[i] for i in indices]
+            self.reader.prefetch(keys)
+        return [self._sample(key) for key in keys]
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        record = self.reader[self.key(index)]
+        return self._sample(self.key(index))
+
+    def _sample(self, key: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        record = self.reader[key]
         image: Any = torch.from_numpy(record.image)
         if self.transform is not None:
             image = self.transform(image)

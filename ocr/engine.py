@@ -11,7 +11,6 @@ recall and H-mean do not depend on the image source, the batch order or the numb
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -126,7 +125,7 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def _timed(loader: DataLoader, stats: PhaseStats) -> Iterator[Batch]:
     """Yield batches, adding the time blocked waiting for each to ``stats.data_wait_s``."""
     start = time.perf_counter()
-    iterator = _started(loader)  # starting the workers counts as waiting for data
+    iterator = iter(loader)  # starting the workers counts as waiting for data
     while True:
         t0 = time.perf_counter()
         try:
@@ -136,20 +135,6 @@ def _timed(loader: DataLoader, stats: PhaseStats) -> Iterator[Batch]:
         stats.data_wait_s += time.perf_counter() - t0
         yield batch
     stats.wall_s = time.perf_counter() - start
-
-
-def _started(loader: DataLoader) -> Iterator[Batch]:
-    """``iter(loader)``, with this process's objects kept from the garbage collector while its
-    workers fork: a forked worker's collections would otherwise write to every object it
-    inherited and copy those pages (35 MB a worker in docs/sizing.md, "Memory of the
-    processes")."""
-    if loader.num_workers == 0:
-        return iter(loader)
-    gc.freeze()
-    try:
-        return iter(loader)
-    finally:
-        gc.unfreeze()
 
 
 def _bar(total: int, desc: str, enabled: bool) -> tqdm:

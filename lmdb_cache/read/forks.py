@@ -6,6 +6,12 @@ in the main process. The order of events:
 1. **Before the fork, in the parent** (:func:`_before_fork`): every reader of the process ends
    its snapshot, aborting its read transaction. An environment closed in the child while it
    still owned a read transaction would free the *parent's* reader slot in the lock file.
+   And the process's objects are frozen for the garbage collector (``gc.freeze``), unless
+   someone froze some already: a child shares the parent's pages until it writes to them, and
+   its collections would write to the header of every object it inherited (~35 MB a
+   DataLoader worker over an epoch, docs/sizing.md). The children never collect what they
+   inherited; the parent unfreezes its objects right after the fork
+   (:func:`_after_fork_in_parent`).
 2. **After the fork, in the child** (:func:`_after_fork_in_child`): the environments inherited
    from the parent, which own no transaction now, are closed together with the files of their
    extent checks (``environment.forget_inherited``); views inherited from the parent die with
@@ -22,6 +28,7 @@ travel, ``handle.StoreHandle.state``); they open on first use like a forked chil
 
 from __future__ import annotations
 
+import gc
 import os
 import weakref
 from typing import Protocol
@@ -42,9 +49,22 @@ def track(handle: _Snapshotting) -> None:
     _HANDLES.add(handle)
 
 
+# Whether the last fork froze the objects (and the parent must unfreeze them).
+_FROZE = False
+
+
 def _before_fork() -> None:
+    global _FROZE
     for handle in list(_HANDLES):
         handle.end_snapshot()
+    _FROZE = gc.get_freeze_count() == 0
+    if _FROZE:
+        gc.freeze()
+
+
+def _after_fork_in_parent() -> None:
+    if _FROZE:
+        gc.unfreeze()
 
 
 def _after_fork_in_child() -> None:
@@ -52,4 +72,8 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

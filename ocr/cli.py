@@ -1,4 +1,4 @@
-"""Command line: ``ocr-train``, ``ocr-eval`` and ``ocr-convert``.
+"""Command line: ``ocr-train``, ``ocr-eval``, ``ocr-convert`` and ``ocr-predict``.
 
 The only module of ``ocr`` that prints or exits. Exit status: 0 success, 1 failure (bad data,
 a damaged checkpoint or cache, a loss that diverged), 2 usage error (bad option, config or
@@ -29,6 +29,7 @@ from .data.annotations import AnnotationError
 from .data.formats import ImageCheck, check_images, convert, formats, write_document
 from .distributed import dist_info_from_env
 from .pipeline import evaluate_checkpoint, metrics_text, train
+from .predict import check_cache_inputs, predict_images
 from .predictions import predictions_to_annotations
 
 _CTX = {"help_option_names": ["-h", "--help"]}
@@ -336,6 +337,134 @@ def _report_images(check: ImageCheck, images: str) -> None:
         )
 
 
+@click.command("ocr-predict", context_settings=_CTX)
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+@click.option(
+    "--checkpoint",
+    "-k",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A checkpoint from ocr-train (runs/<name>/best.pt or last.pt).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Predictions JSON to write: the annotation format (raw file frame, each word with "
+    "its score), written atomically.",
+)
+@click.option(
+    "--draw",
+    "draw_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write one PNG per image into this folder (<key>.png): the upright image with "
+    "the detections in red.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(),
+    default=None,
+    help="Read the pixels from this store (build-cache) instead of decoding: every image in "
+    "it, or those of the one folder given as INPUT (the folder it was built from).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change a key of the checkpoint's config, e.g. --set postprocess.box_thresh=0.5 "
+    "(repeatable).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="dataloader.batch_size."
+)
+@click.option("--device", default=None, help="trainer.device: auto (CUDA when present), cpu, cuda.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON on stdout.")
+def predict_command(
+    inputs: tuple[str, ...],
+    checkpoint: str,
+    output: str,
+    draw_dir: str | None,
+    cache: str | None,
+    overrides: tuple[str, ...],
+    batch_size: int | None,
+    device: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Detect text in images that have no labels; write the detections as annotations.
+
+    INPUT is an image file, a folder (searched recursively) or a list file (.txt, .lst:
+    one path a line, relative to the list's folder). The images go through what ocr-eval
+    does with the checkpoint's config (datasets.val_dataset's max_side and transform,
+    dataloader.batch_size, trainer.device: the GPU when there is one):
+
+    \b
+      ocr-predict -k runs/dbnet/best.pt data/new -o predictions.json --draw drawn
+      ocr-predict -k runs/dbnet/best.pt scan1.jpg scan2.png -o predictions.json
+      ocr-predict -k runs/dbnet/best.pt --cache data/new.lmdb -o predictions.json
+
+    A folder's images are keyed by their path in it, as build-cache keys them, so the
+    predictions load with load_annotations (ocr.data.annotations) for that folder, and
+    --cache with the store of the folder gives the same file. Points are in the raw file
+    frame (before EXIF orientation); each word has its score.
+
+    An input that cannot be used (no such path, an empty folder, a file that is not an
+    image, a key the cache lacks) is named on stderr and skipped; the others are predicted
+    and written, and the exit status is 1. A missing or foreign checkpoint exits 2 or 1 as
+    in ocr-eval.
+    """
+
+    try:
+        check_cache_inputs(inputs, cache)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+
+    def action() -> Any:
+        shortcuts = {"dataloader.batch_size": batch_size, "trainer.device": device}
+        items = _items(overrides, **shortcuts)
+        state = load_checkpoint(checkpoint)
+        cfg = _saved_config(checkpoint, state, items)
+        return predict_images(
+            cfg,
+            state,
+            checkpoint,
+            inputs,
+            cache=cache,
+            draw_dir=draw_dir,
+            progress=not (quiet or as_json),
+        )
+
+    result = _run(action)
+    write_document(result.document, output)
+    for problem in result.problems:
+        click.echo(f"error: {problem}; skipped", err=True)
+    words = sum(len(e["words"]) for e in result.document["images"].values())
+    if as_json:
+        doc = {
+            "images": result.images,
+            "words": words,
+            "skipped": len(result.problems),
+            "problems": result.problems,
+            "output": output,
+            "wall_s": round(result.wall_s, 3),
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        rate = result.images / result.wall_s if result.wall_s > 0 else 0.0
+        drawn = f"; drawings in {draw_dir}" if draw_dir is not None else ""
+        click.echo(
+            f"wrote {words} detections in {result.images} images to {output} "
+            f"({result.wall_s:.1f} s, {rate:.1f} img/s){drawn}"
+        )
+    if result.problems:
+        click.echo(f"{len(result.problems)} input(s) skipped (listed above)", err=True)
+        sys.exit(1)
+
+
 def train_main() -> None:
     train_command(prog_name="ocr-train")
 
@@ -346,6 +475,10 @@ def eval_main() -> None:
 
 def convert_main() -> None:
     convert_command(prog_name="ocr-convert")
+
+
+def predict_main() -> None:
+    predict_command(prog_name="ocr-predict")
 
 
 @click.group(context_settings=_CTX)
@@ -359,6 +492,7 @@ def cli() -> None:
 cli.add_command(train_command, "train")
 cli.add_command(eval_command, "eval")
 cli.add_command(convert_command, "convert")
+cli.add_command(predict_command, "predict")
 
 
 if __name__ == "__main__":

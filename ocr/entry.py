@@ -1,4 +1,5 @@
-"""The ``ocr-train``, ``ocr-eval`` and ``ocr-convert`` commands, checking the ``[ocr]`` extra first.
+"""The OCR commands (``ocr-train``, ``ocr-eval``, ``ocr-convert``, ``ocr-predict``), checking
+the ``[ocr]`` extra first.
 
 A light install (``pip install lmdb-image-cache``) has the commands but not PyTorch or OpenCV;
 they then say what to install instead of failing with an ImportError traceback.
@@ -57,5 +58,12 @@ def eval_main() -> None:
 def convert_main() -> None:
     _check()
     from .cli import convert_main as main
+
+    main()
+
+
+def predict_main() -> None:
+    _check()
+    from .cli import predict_main as main
 
     main()

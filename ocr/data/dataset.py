@@ -366,12 +366,7 @@ class OCRDataset(Dataset):
                 "be upscaled after being downscaled; use max_side >= the transform size"
             )
         # Flat arrays, no object per image: fork workers share their pages (ocr.data.table).
-        self.table = AnnotationTable.from_file(annotation_path)
-        self.transform = transform
-        self.targets = targets
-        self.seed = seed
-        self.checksums = False
-        self.epoch = 0
+        self._set_fields(AnnotationTable.from_file(annotation_path), transform, targets, seed)
         disk = DiskSource(image_path, max_side, resample)
         self.source: ImageSource
         if image_cache is not None:
@@ -394,6 +389,24 @@ class OCRDataset(Dataset):
         except BaseException:
             self.source.close()  # see ImageSource.close
             raise
+
+    @classmethod
+    def from_source(cls, table: AnnotationTable, source: ImageSource, transform: Any) -> OCRDataset:
+        """A dataset of ``table``'s images read from ``source``, which the caller made and
+        checked (``ocr-predict``: images from files, lists or a cache, no annotation file).
+        Its samples carry no targets; their seed is ``sample_seed(0, 0, index)``."""
+        dataset = cls.__new__(cls)
+        dataset._set_fields(table, transform, None, 0)
+        dataset.source = source
+        return dataset
+
+    def _set_fields(self, table: AnnotationTable, transform: Any, targets: Any, seed: int) -> None:
+        self.table = table
+        self.transform = transform
+        self.targets = targets
+        self.seed = seed
+        self.checksums = False
+        self.epoch = 0
 
     @property
     def keys(self) -> KeyList:

@@ -109,18 +109,20 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: OCRDataset,
+    dataset: Any,
     loader_cfg: dict[str, Any],
     shuffle: bool = False,
     sampler: Any = None,
     batch_sampler: Any = None,
+    collate_fn: Any = collate,
 ) -> DataLoader:
     """A DataLoader of ``Batch``es (uint8 images), pinned when CUDA is available.
 
     The dataset builds each batch in one call (``OCRDataset.__getitems__``); ``collate``
     passes it through. Keys ``loader_cfg`` (a ``dataloader`` section) leaves out get their
     defaults. A ``batch_sampler`` (``ocr.sampling.GlobalBatchSampler``) makes the batches
-    itself; ``batch_size`` then comes from it.
+    itself; ``batch_size`` then comes from it. ``collate_fn`` stands in for ``collate`` where
+    the dataset's batches are something else (``ocr.predict``'s batches with their failures).
     """
     cfg = complete(loader_cfg, "dataloader")
     workers = int(cfg["num_workers"])
@@ -131,7 +133,7 @@ def build_loader(
         sampler=sampler,
         batch_sampler=batch_sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available(),
         multiprocessing_context=cfg["multiprocessing_context"] if workers else None,
         persistent_workers=bool(cfg["persistent_workers"]) and workers > 0,

@@ -40,3 +40,21 @@ def test_demo_says_slower_when_the_cache_run_took_longer():
 
     assert _speedup(10.0, 8.0) == "1.25x faster"
     assert _speedup(8.0, 10.0) == "1.25x slower"
+
+
+def test_icdar2015_labels_convert_to_the_json_labels_of_the_same_pages(tmp_path):
+    from ocr.data.formats import convert
+
+    as_json = json.loads(generate(tmp_path / "a", count=4, seed=5).read_text())
+    gt = generate(tmp_path / "b", count=4, seed=5, labels="icdar2015")
+    assert gt == tmp_path / "b_gt" and not (tmp_path / "b.json").exists()
+    first = (gt / "gt_receipt_0000.txt").read_bytes()
+    assert first.startswith(b"\xef\xbb\xbf") and first.endswith(b"\r\n")  # as ICDAR 2015 ships
+    converted = convert("icdar2015", gt, images=tmp_path / "b")["images"]
+    assert converted.keys() == as_json["images"].keys()
+    for name, entry in as_json["images"].items():
+        words = converted[name]["words"]
+        assert [w["points"] for w in words.values()] == [
+            w["points"] for w in entry["words"].values()
+        ]
+        assert all(w["text"] and w["text"] != "###" for w in words.values())

@@ -29,7 +29,7 @@ from .data.annotations import AnnotationError
 from .data.formats import ImageCheck, check_images, convert, formats, write_document
 from .distributed import dist_info_from_env
 from .pipeline import evaluate_checkpoint, metrics_text, train
-from .predict import check_cache_inputs, predict_images
+from .predict import check_inputs, predict_images
 from .predictions import predictions_to_annotations
 
 _CTX = {"help_option_names": ["-h", "--help"]}
@@ -419,7 +419,7 @@ def predict_command(
     """
 
     try:
-        check_cache_inputs(inputs, cache)
+        check_inputs(inputs, cache)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
 

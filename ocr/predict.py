@@ -254,12 +254,15 @@ def predict_images(
     return PredictResult(document, problems, len(predictions), wall_s)
 
 
-def check_cache_inputs(inputs: Sequence[str], cache: str | None) -> None:
-    """With a cache, the inputs are none (every image in it) or one folder (its images).
+def check_inputs(inputs: Sequence[str], cache: str | None) -> None:
+    """Some inputs, or a cache; with a cache, no input (every image in it) or one folder
+    (its images).
 
     Raises:
-        ValueError: other inputs beside a cache.
+        ValueError: no input and no cache, or other inputs beside a cache.
     """
+    if not inputs and cache is None:
+        raise ValueError("nothing to predict: give image files, folders or list files, or --cache")
     if cache is not None and (len(inputs) > 1 or (inputs and not os.path.isdir(inputs[0]))):
         raise ValueError(
             f"--cache reads the images of the folder '{cache}' was built from: give that "
@@ -268,7 +271,7 @@ def check_cache_inputs(inputs: Sequence[str], cache: str | None) -> None:
 
 
 def _inputs_for(inputs: Sequence[str], cache: str | None) -> Inputs:
-    check_cache_inputs(inputs, cache)
+    check_inputs(inputs, cache)
     return gather_inputs(inputs)
 
 
@@ -305,7 +308,7 @@ def _nothing_to_predict(inputs: Sequence[str], cache: str | None, problems: list
         return "no image to predict:\n  " + "\n  ".join(problems)
     if cache is not None and not inputs:
         return f"no image to predict: the cache '{cache}' holds no image"
-    return "no image to predict: give image files, folders or list files as INPUT"
+    return "no image to predict"
 
 
 def _run_model(

@@ -307,3 +307,9 @@ def test_a_list_that_is_not_text_is_named(tmp_path, monkeypatch):
     found = gather_inputs(["paths.txt"])
     assert found.paths == {}
     assert found.problems == ["'paths.txt': cannot read this list of paths (not UTF-8 text)"]
+
+
+def test_no_input_and_no_cache_is_a_usage_error(trained, tmp_path):
+    result = _predict(trained, "-o", str(tmp_path / "p.json"))
+    assert result.exit_code == 2
+    assert "give image files, folders or list files, or --cache" in result.output

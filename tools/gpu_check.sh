@@ -2,13 +2,14 @@
 # The CUDA path in one run: the demo (tools/demo.py) trains DBNet from disk and from the cache
 # and evaluates it from disk, preload and cache, on the GPU when torch sees one (the configs'
 # trainer.device is auto), while nvidia-smi samples GPU utilisation. Writes
-# OUT/gpu_check.json and prints, per run: epoch time, data-wait share, GPU utilisation, H-mean.
+# OUT/gpu_check.json and prints, per run: epoch time, data-wait share, GPU utilisation, H-mean;
+# then ocr-predict of the val images from the folder and from the cache (the same file).
 #
 #   bash tools/gpu_check.sh            # the demo's size (about 2-4 minutes on one H100)
 #   bash tools/gpu_check.sh --tiny     # a few images and epochs: the same path on a CPU (CI)
 #
 # OUT is $OUT when set (the device machine's result folder), else runs/gpu_check. Exit status:
-# the demo's (1 when disk and cache disagree or it did not learn), 2 for a usage error.
+# 1 when disk and cache disagree (training, evaluation or prediction) or it did not learn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,20 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 status=0
 python tools/demo.py --runs "$out/runs" --json "$out/demo.json" "${demo_args[@]}" || status=$?
+# ocr-predict with the trained checkpoint on the val images, from the folder and from its
+# cache (batched on the GPU when there is one): the two files must be the same.
+if [ -f "$out/runs/cache/last.pt" ]; then
+  for source in disk cache; do
+    extra=()
+    if [ "$source" = cache ]; then extra=(--cache data/demo/val.lmdb); fi
+    ocr-predict -q --json -k "$out/runs/cache/last.pt" data/demo/val "${extra[@]}" \
+      -o "$out/predict_$source.json" > "$out/predict_${source}_summary.json" || status=$?
+  done
+  if ! cmp -s "$out/predict_disk.json" "$out/predict_cache.json"; then
+    echo "ocr-predict: the predictions from data/demo/val and from its cache differ" >&2
+    status=1
+  fi
+fi
 if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null || true; fi
 
 OUT_DIR="$out" python - <<'PY'
@@ -81,8 +96,14 @@ for name, ev in demo["eval"].items():
     rows[f"eval/{name}"] = {"loop_s": ev["timing"]["wall_s"],
                             "data_wait_share": ev["timing"]["data_wait_share"],
                             "hmean": ev["hmean"], "gpu": gpu(ev)}
+predict = {}
+for source in ("disk", "cache"):
+    summary = out / f"predict_{source}_summary.json"
+    if summary.exists() and summary.stat().st_size:
+        predict[source] = json.loads(summary.read_text())
 gpu_name = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "no GPU"
-(out / "gpu_check.json").write_text(json.dumps({"gpu": gpu_name, "runs": rows}, indent=2) + "\n")
+doc = {"gpu": gpu_name, "runs": rows, "predict": predict}
+(out / "gpu_check.json").write_text(json.dumps(doc, indent=2) + "\n")
 print(f"\n{gpu_name}")
 print("| run | epoch / loop (s) | data wait | GPU util | H-mean |")
 print("|---|---:|---:|---:|---:|")
@@ -90,6 +111,10 @@ for name, r in rows.items():
     t = r.get("epoch_s_median", r.get("loop_s"))
     util = f"{r['gpu']['util_mean_pct']:.0f}%" if r["gpu"] else "n/a"
     print(f"| {name} | {t:.2f} | {100 * r['data_wait_share']:.0f}% | {util} | {r['hmean']:.4f} |")
+for source, p in predict.items():
+    rate = p["images"] / p["wall_s"] if p["wall_s"] else 0.0
+    print(f"ocr-predict from {source}: {p['images']} images, {p['words']} detections, "
+          f"{p['wall_s']:.2f} s ({rate:.1f} img/s)")
 print(f"\nwritten: {out / 'gpu_check.json'}")
 PY
 exit "$status"

@@ -8,6 +8,7 @@ override; a checkpoint path that names no file, or a file that is not a checkpoi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -31,6 +32,7 @@ from .distributed import dist_info_from_env
 from .pipeline import evaluate_checkpoint, metrics_text, train
 from .predict import check_inputs, predict_images
 from .predictions import predictions_to_annotations
+from .report import INDEX as REPORT_INDEX
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 DEFAULT_CONFIG = "configs/dbnet.yaml"
@@ -215,6 +217,17 @@ def train_command(
     help="Also write one PNG per image into this folder: the image as the dataset serves it, "
     "ground truth in green (don't-care dashed), detections in red.",
 )
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Also write DIR/index.html, a page to open in any browser (offline; no server): the "
+    "summary, then one row per image with its own P, R, H-mean and counts, worst image "
+    "first, each with a thumbnail linking to its drawing (DIR/drawings, DIR/thumbs). Copy "
+    "or zip DIR as a whole.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def eval_command(
@@ -224,6 +237,7 @@ def eval_command(
     split: str,
     predictions: str | None,
     draw_dir: str | None,
+    report_dir: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -236,8 +250,11 @@ def eval_command(
       ocr-eval -k runs/dbnet/best.pt
       ocr-eval -k runs/dbnet/best.pt datasets.val_dataset.image_cache=data/val.lmdb
       ocr-eval -k runs/dbnet/best.pt --draw runs/dbnet/drawn --predictions pred.json
+      ocr-eval -k runs/dbnet/best.pt --report runs/dbnet/report
 
-    Polygons are compared in the upright frame (the upright, full-size image).
+    Polygons are compared in the upright frame (the upright, full-size image). --report
+    writes a static page (open runs/dbnet/report/index.html) that lists the images worst
+    first, to see where the model fails.
     """
 
     def action() -> Any:
@@ -253,6 +270,7 @@ def eval_command(
             predictions is not None,
             state=state,
             draw_dir=draw_dir,
+            report_dir=report_dir,
         )
 
     result = _run(action)
@@ -264,15 +282,19 @@ def eval_command(
         with open(predictions, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
     stats = result.stats
+    page = None if report_dir is None else os.path.join(report_dir, REPORT_INDEX)
     if as_json:
         doc = {"split": split, "checkpoint": checkpoint, **result.metrics}
         doc["timing"] = stats.to_dict()
+        if page is not None:
+            doc["report"] = page
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(
         f"{split}: {stats.images} images, {metrics_text(result.metrics)}\n"
         f"{stats.wall_s:.2f} s, {stats.images_per_s:.1f} img/s, data wait "
         f"{stats.data_wait_s:.2f} s ({100 * stats.data_wait_share:.0f}%)"
+        + ("" if page is None else f"\nreport: {page}")
     )
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -106,6 +108,15 @@ def config_changes(
         elif a != b or type(a) is not type(b):
             changes.append((path, a, b))
     return changes
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A short fingerprint of a config: ``sha256:`` and 16 hex digits of its canonical JSON
+    (keys sorted). Give it the checked config (``check_config``), whose left-out keys hold
+    their defaults, so that a file and the same file with its defaults written out agree.
+    """
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class _Missing:

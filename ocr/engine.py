@@ -64,13 +64,15 @@ class PhaseStats:
 
 @dataclass
 class EvalResult:
-    """Metrics of one evaluation, its timing, and optionally the detections per image (upright
-    frame) with what writing and drawing them needs (``truths``)."""
+    """Metrics of one evaluation, its timing, each image's counts (``per_image``, gathered from
+    every rank: what ``metrics`` sums), and optionally the detections per image (upright frame)
+    with what writing and drawing them needs (``truths``)."""
 
     metrics: dict[str, Any]
     stats: PhaseStats
     predictions: dict[str, list[Detection]] | None = None
     truths: dict[str, ImageTruth] | None = None
+    per_image: dict[str, ImageCounts] = field(default_factory=dict)
 
 
 @dataclass
@@ -354,7 +356,8 @@ def evaluate(
     """Detect text in every image of ``loader`` and score it against the ground truth.
 
     Under ``torchrun`` each rank evaluates its shard (``ShardSampler``); per-image counts are
-    gathered and summed on every rank, so the metrics equal a single-process evaluation.
+    gathered and summed on every rank, so the metrics equal a single-process evaluation, and
+    every rank's result holds all the per-image counts.
 
     Args:
         model: The model (left in the training mode it had).
@@ -404,12 +407,12 @@ def evaluate(
     stats.images = len(merged)
     stats.wall_s, stats.data_wait_s = max_across_ranks([stats.wall_s, stats.data_wait_s], info)
     if not keep_predictions:
-        return EvalResult(metric.compute(), stats)
+        return EvalResult(metric.compute(), stats, per_image=merged)
     for part in gather_objects(predictions, info):
         predictions.update(part)
     for truth_part in gather_objects(truths, info):
         truths.update(truth_part)
-    return EvalResult(metric.compute(), stats, predictions, truths)
+    return EvalResult(metric.compute(), stats, predictions, truths, per_image=merged)
 
 
 def poly_schedule(total_steps: int, power: float, warmup_steps: int) -> Callable[[int], float]:

@@ -239,3 +239,33 @@ class DetectionMetric:
             "num_pred": p,
             "num_gt": g,
         }
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Precision, recall and H-mean of one image (``image_scores``)."""
+
+    precision: float
+    recall: float
+    hmean: float
+
+
+def image_scores(counts: ImageCounts) -> ImageScores:
+    """One image's precision, recall and H-mean, by the ICDAR 2015 script's per-sample rules.
+
+    With care ground truths: recall ``matched / num_gt``, precision ``matched / num_pred``
+    (0 without detections). Without care ground truths: recall 1, and precision 1 when there
+    are no detections either (nothing to find, nothing found wrongly), else 0. H-mean is
+    ``2PR / (P + R)``, 0 when both are 0. An image without words and without detections
+    thus scores 1, and one without words but with detections scores 0.
+
+    These are for ranking images (``ocr.report``); a split's metrics are never an average of
+    them but come from the summed counts (``DetectionMetric.compute``).
+    """
+    m, p, g = counts.matched, counts.num_pred, counts.num_gt
+    if g == 0:
+        recall, precision = 1.0, (0.0 if p else 1.0)
+    else:
+        recall, precision = m / g, (m / p if p else 0.0)
+    total = precision + recall
+    return ImageScores(precision, recall, 2 * precision * recall / total if total else 0.0)

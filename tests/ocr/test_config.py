@@ -12,7 +12,14 @@ from click.testing import CliRunner
 
 from ocr.builders import build_postprocess
 from ocr.cli import eval_command, train_command
-from ocr.config import ConfigError, InvalidConfigError, check_config, load_config, merge
+from ocr.config import (
+    ConfigError,
+    InvalidConfigError,
+    check_config,
+    config_digest,
+    load_config,
+    merge,
+)
 from ocr.config_schema import complete
 from ocr.data.dataset import OCRDataset
 from ocr.data.normalize import DeviceNormalizer
@@ -357,3 +364,12 @@ def test_override_sets_a_schema_key_the_file_leaves_out_but_not_an_unknown_one(t
         load_config(path, ["trainer.log_every_stepz=5"])
     with pytest.raises(ConfigError, match="'trainer.nested' is not in"):
         load_config(path, ["trainer.nested.deeper=5"])
+
+
+def test_config_digest_ignores_key_order_and_changes_with_any_value():
+    cfg = load_config("configs/dbnet.yaml")
+    reordered = {key: cfg[key] for key in reversed(list(cfg))}
+    changed = load_config("configs/dbnet.yaml", ["postprocess.thresh=0.31"])
+    assert config_digest(reordered) == config_digest(cfg)
+    assert config_digest(changed) != config_digest(cfg)
+    assert config_digest(cfg).startswith("sha256:") and len(config_digest(cfg)) == 7 + 16

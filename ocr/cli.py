@@ -52,7 +52,7 @@ def _run(action: Any) -> Any:
         _fail(str(e), 2)
     except (CheckpointError, CacheError, AnnotationError, FloatingPointError, PeerFailedError) as e:
         _fail(str(e), 1)
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError) as e:  # OSError: a file that cannot be written
         _fail(str(e), 1)
     return None
 
@@ -262,7 +262,7 @@ def eval_command(
         state = load_checkpoint(checkpoint)  # read once: config and weights
         if cfg is None:
             cfg = _saved_config(checkpoint, state, list(overrides), "; pass --config")
-        return evaluate_checkpoint(
+        result = evaluate_checkpoint(
             cfg,
             checkpoint,
             _SPLITS[split],
@@ -272,15 +272,16 @@ def eval_command(
             draw_dir=draw_dir,
             report_dir=report_dir,
         )
+        if predictions is not None and result.predictions is not None:  # rank 0's
+            assert result.truths is not None
+            doc = predictions_to_annotations(result.predictions, result.truths)
+            if dist_info_from_env().is_main:
+                write_document(doc, predictions)
+        return result
 
     result = _run(action)
     if not dist_info_from_env().is_main:
         return
-    if predictions is not None and result.predictions is not None:
-        assert result.truths is not None
-        doc = predictions_to_annotations(result.predictions, result.truths)
-        with open(predictions, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
     stats = result.stats
     page = None if report_dir is None else os.path.join(report_dir, REPORT_INDEX)
     if as_json:
@@ -450,7 +451,7 @@ def predict_command(
         items = _items(overrides, **shortcuts)
         state = load_checkpoint(checkpoint)
         cfg = _saved_config(checkpoint, state, items)
-        return predict_images(
+        found = predict_images(
             cfg,
             state,
             checkpoint,
@@ -459,9 +460,10 @@ def predict_command(
             draw_dir=draw_dir,
             progress=not (quiet or as_json),
         )
+        write_document(found.document, output)
+        return found
 
     result = _run(action)
-    write_document(result.document, output)
     for problem in result.problems:
         click.echo(f"error: {problem}; skipped", err=True)
     words = sum(len(e["words"]) for e in result.document["images"].values())

@@ -38,6 +38,16 @@ _CTX = {"help_option_names": ["-h", "--help"]}
 DEFAULT_CONFIG = "configs/dbnet.yaml"
 _SPLITS = {"train": "train_dataset", "val": "val_dataset", "test": "test_dataset"}
 
+# Options that ocr-eval and ocr-predict share (each use makes its own click.Option).
+_CHECKPOINT = click.option(
+    "--checkpoint",
+    "-k",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A checkpoint from ocr-train (runs/<name>/best.pt or last.pt).",
+)
+_QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
 
 def _fail(message: str, code: int) -> None:
     click.echo(f"Error: {message}", err=True)
@@ -181,13 +191,7 @@ def train_command(
 
 @click.command("ocr-eval", context_settings=_CTX)
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option(
-    "--checkpoint",
-    "-k",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="A checkpoint from ocr-train (runs/<name>/best.pt or last.pt).",
-)
+@_CHECKPOINT
 @click.option(
     "-c",
     "--config",
@@ -228,7 +232,7 @@ def train_command(
     "first, each with a thumbnail linking to its drawing (DIR/drawings, DIR/thumbs). Copy "
     "or zip DIR as a whole.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_QUIET
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def eval_command(
     overrides: tuple[str, ...],
@@ -362,13 +366,7 @@ def _report_images(check: ImageCheck, images: str) -> None:
 
 @click.command("ocr-predict", context_settings=_CTX)
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
-@click.option(
-    "--checkpoint",
-    "-k",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="A checkpoint from ocr-train (runs/<name>/best.pt or last.pt).",
-)
+@_CHECKPOINT
 @click.option(
     "-o",
     "--output",
@@ -404,7 +402,7 @@ def _report_images(check: ImageCheck, images: str) -> None:
     "--batch-size", type=click.IntRange(min=1), default=None, help="dataloader.batch_size."
 )
 @click.option("--device", default=None, help="trainer.device: auto (CUDA when present), cpu, cuda.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_QUIET
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON on stdout.")
 def predict_command(
     inputs: tuple[str, ...],
@@ -509,7 +507,8 @@ def predict_main() -> None:
 def cli() -> None:
     """DBNet text detection on images from disk, a RAM preload or an LMDB cache.
 
-    Also runnable as 'python -m ocr.cli train|eval', e.g. under torchrun.
+    Also runnable as 'python -m ocr.cli train|eval|convert|predict' (train and eval under
+    torchrun).
     """
 
 

@@ -81,11 +81,16 @@ def build_scheduler(
     raise ConfigError(f"scheduler.name {name!r} is not known; use poly or constant")
 
 
-def setup_run(config: dict[str, Any]) -> tuple[DistInfo, torch.device, dict[str, Any]]:
+def setup_device(config: dict[str, Any], info: DistInfo) -> torch.device:
+    """Set torch's CPU threads (``trainer.threads``) and pick this process's device."""
     trainer = section(config, "trainer")
     if trainer["threads"]:
         torch.set_num_threads(trainer["threads"])
+    return resolve_device(trainer["device"], info)
+
+
+def setup_run(config: dict[str, Any]) -> tuple[DistInfo, torch.device, dict[str, Any]]:
     info = dist_info_from_env()
-    device = resolve_device(trainer["device"], info)
+    device = setup_device(config, info)
     init_process_group(info, device)
-    return info, device, trainer
+    return info, device, section(config, "trainer")

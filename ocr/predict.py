@@ -42,7 +42,7 @@ from tqdm import tqdm
 from lmdb_cache import ImageDecodeError
 from lmdb_cache.images import IMAGE_SUFFIXES, decode_file, scan_images
 
-from .builders import build_normalizer, build_postprocess
+from .builders import build_normalizer, build_postprocess, setup_device
 from .checkpoint import load_model_state
 from .config import check_config
 from .data.annotations import ImageAnnotation
@@ -52,7 +52,7 @@ from .data.loader import build_loader, build_transform
 from .data.sample import Batch
 from .data.table import AnnotationTable
 from .distributed import DistInfo
-from .engine import ImageTruth, autocast, resolve_device
+from .engine import ImageTruth, autocast
 from .models import build_model
 from .postprocess import Detection
 from .predictions import draw_predictions, predictions_to_annotations
@@ -321,10 +321,7 @@ def _run_model(
 ) -> tuple[dict[str, list[Detection]], dict[str, ImageTruth], float]:
     """Every image's detections (upright frame) and frame, batch by batch; images that fail
     to load are added to ``problems``."""
-    trainer = config["trainer"]
-    if trainer["threads"]:
-        torch.set_num_threads(trainer["threads"])
-    device = resolve_device(trainer["device"], DistInfo())
+    device = setup_device(config, DistInfo())  # one process: no process group
     model = build_model(dict(config["model"], weights=None)).to(device)  # weights: the ckpt's
     load_model_state(model, state, checkpoint)
     model.eval()
@@ -341,7 +338,7 @@ def _run_model(
             bar.update(len(failed))
             if batch is None:
                 continue
-            with autocast(device, trainer["amp"]):
+            with autocast(device, config["trainer"]["amp"]):
                 prob = model(normalizer(batch.image))["prob"]
             found = post.batch(prob.float().cpu().numpy(), batch.inverse_matrix, batch.upright_size)
             for i, (key, detections) in enumerate(zip(batch.filename, found, strict=True)):
